@@ -1,0 +1,111 @@
+"""Training-step time (forward + backward) of CompassForCausalLM vs transformers' Qwen3-MoE and Qwen2-MoE on CPU.
+
+Same process, same sizes, 2 CPU threads. Qwen3-MoE has no shared experts, so it is compared with Compass built with
+n_shared_experts=0; Qwen2-MoE is compared with Compass with one shared expert. Each peer runs with each of its
+experts implementations (transformers 5.x `experts_implementation`: eager, grouped_mm, batched_mm).
+Ends by printing `model_cpu ratio=<our step time / fastest peer's> peak_mb=<ours>`.
+
+    python bench/model_cpu.py [--steps 5] [--tokens 4x256] [--quick]
+"""
+import argparse, ctypes, gc, os, statistics, sys, time
+import torch
+
+def rss_mb():
+    for line in open('/proc/self/status'):
+        if line.startswith('VmRSS'): return int(line.split()[1]) / 1024
+
+def hwm_mb():
+    for line in open('/proc/self/status'):
+        if line.startswith('VmHWM'): return int(line.split()[1]) / 1024
+
+def reset_peak():
+    gc.collect()
+    try: ctypes.CDLL('libc.so.6').malloc_trim(0)
+    except OSError: pass
+    try:
+        with open('/proc/self/clear_refs', 'w') as f: f.write('5')     # resets VmHWM (peak RSS) on Linux
+    except OSError: pass
+
+def sizes(a):
+    return dict(vocab_size=a.vocab, hidden_size=a.hidden, num_hidden_layers=a.layers, num_attention_heads=a.heads,
+                num_key_value_heads=a.kv_heads, head_dim=a.hidden // a.heads, moe_intermediate_size=a.expert,
+                num_experts_per_tok=a.k)
+
+def build_compass(a, n_shared):
+    from compass_nbdev.model import CompassConfig, CompassForCausalLM
+    s = sizes(a)
+    cfg = CompassConfig(**s, n_routed_experts=a.experts, n_shared_experts=n_shared, first_k_dense=0,
+                        norm_topk_prob=True, tie_word_embeddings=False, balance='aux', aux_loss_alpha=1e-3,
+                        z_loss_beta=0., max_position_embeddings=4096)
+    return CompassForCausalLM(cfg)
+
+def build_qwen3(a, impl):
+    from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM
+    s = sizes(a)
+    cfg = Qwen3MoeConfig(**s, num_experts=a.experts, intermediate_size=a.expert * a.k, norm_topk_prob=True,
+                         tie_word_embeddings=False, output_router_logits=True, router_aux_loss_coef=1e-3,
+                         max_position_embeddings=4096)
+    return Qwen3MoeForCausalLM._from_config(cfg, experts_implementation=impl, attn_implementation='sdpa')
+
+def build_qwen2(a, impl):
+    from transformers import Qwen2MoeConfig, Qwen2MoeForCausalLM
+    s = sizes(a)
+    cfg = Qwen2MoeConfig(**s, num_experts=a.experts, intermediate_size=a.expert * a.k, norm_topk_prob=True,
+                         shared_expert_intermediate_size=a.expert, tie_word_embeddings=False,
+                         output_router_logits=True, router_aux_loss_coef=1e-3, max_position_embeddings=4096)
+    return Qwen2MoeForCausalLM._from_config(cfg, experts_implementation=impl, attn_implementation='sdpa')
+
+def time_steps(model, x, steps):
+    "Median seconds per training step (fwd + bwd + zero_grad), after 2 warm-up steps; and peak RSS increase in MB."
+    model.train()
+    reset_peak(); base = rss_mb()
+    ts = []
+    for i in range(steps + 2):
+        t0 = time.perf_counter()
+        out = model(input_ids=x, labels=x)
+        out.loss.backward()
+        model.zero_grad(set_to_none=True)
+        if i >= 2: ts.append(time.perf_counter() - t0)
+    return statistics.median(ts), min(ts), hwm_mb() - base
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument('--steps', type=int, default=5)
+    p.add_argument('--batch', type=int, default=4); p.add_argument('--seq', type=int, default=256)
+    p.add_argument('--vocab', type=int, default=8192); p.add_argument('--hidden', type=int, default=256)
+    p.add_argument('--layers', type=int, default=4); p.add_argument('--heads', type=int, default=4)
+    p.add_argument('--kv-heads', type=int, default=2); p.add_argument('--experts', type=int, default=16)
+    p.add_argument('--k', type=int, default=4); p.add_argument('--expert', type=int, default=256)
+    p.add_argument('--threads', type=int, default=2)
+    p.add_argument('--impls', default='eager,grouped_mm,batched_mm')
+    a = p.parse_args()
+    torch.set_num_threads(a.threads)
+    import transformers
+    print(f"torch {torch.__version__}, transformers {transformers.__version__}, threads {torch.get_num_threads()}, "
+          f"load {os.getloadavg()[0]:.2f}", flush=True)
+    print(f"sizes: tokens {a.batch}x{a.seq}, vocab {a.vocab}, hidden {a.hidden}, layers {a.layers}, heads {a.heads}/{a.kv_heads}, "
+          f"experts {a.experts} x width {a.expert}, top-{a.k}", flush=True)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, a.vocab, (a.batch, a.seq), generator=g)
+    runs = [('compass (no shared)', lambda: build_compass(a, 0)), ('compass (1 shared)', lambda: build_compass(a, 1))]
+    for impl in a.impls.split(','):
+        runs += [(f'qwen3_moe[{impl}]', lambda impl=impl: build_qwen3(a, impl)),
+                 (f'qwen2_moe[{impl}]', lambda impl=impl: build_qwen2(a, impl))]
+    res = {}
+    for name, build in runs:
+        torch.manual_seed(0)
+        m = build()
+        n = sum(p.numel() for p in m.parameters())
+        med, mn, peak = time_steps(m, x, a.steps)
+        res[name] = (med, mn, peak, n)
+        print(f"{name:24s} params {n/1e6:6.2f}M  step median {med*1e3:8.1f} ms  min {mn*1e3:8.1f} ms  peak +{peak:7.1f} MB", flush=True)
+        del m
+    ours3, ours2 = res['compass (no shared)'][0], res['compass (1 shared)'][0]
+    q3 = min((v[0], k) for k, v in res.items() if k.startswith('qwen3'))
+    q2 = min((v[0], k) for k, v in res.items() if k.startswith('qwen2'))
+    r3, r2 = ours3 / q3[0], ours2 / q2[0]
+    print(f"vs fastest Qwen3-MoE ({q3[1]}): {r3:.3f}x; vs fastest Qwen2-MoE ({q2[1]}): {r2:.3f}x", flush=True)
+    print(f"model_cpu ratio={max(r3, r2):.3f} peak_mb={max(res['compass (no shared)'][2], res['compass (1 shared)'][2]):.0f}")
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,39 @@
+"The installed `compass` command: exit codes and error messages a user sees."
+import subprocess, sys, shutil, os
+from pathlib import Path
+import pytest, yaml
+
+def compass(*args, cwd=None):
+    exe = shutil.which('compass') or str(Path(sys.executable).parent/'compass')
+    return subprocess.run([exe, *args], capture_output=True, text=True, cwd=cwd, timeout=600)
+
+def test_config_prints_resolved_yaml():
+    r = compass('config', '--preset', 'tiny', '--set', 'data.mix_alpha=0.5')
+    assert r.returncode == 0, r.stderr
+    cfg = yaml.safe_load(r.stdout)
+    assert cfg['preset'] == 'tiny' and cfg['data']['mix_alpha'] == 0.5
+
+@pytest.mark.parametrize('args,msg', [
+    (['config', '--set', 'data.mix_alfa=0.5'], 'data.mix_alfa: unknown key'),
+    (['config', '--preset', 'huge'], "preset: unknown preset 'huge'"),
+    (['config', '--set', 'data.mix_alpha=2'], 'data.mix_alpha: must be in (0, 1]'),
+    (['data', '--data-dir', '/no/such/dir'], "data_dir: data directory '/no/such/dir' does not exist"),
+])
+def test_bad_input_names_the_key(args, msg):
+    r = compass(*args)
+    assert r.returncode == 2
+    assert msg in r.stderr and 'Traceback' not in r.stderr
+
+def test_config_file_is_named_in_errors(tmp_path):
+    f = tmp_path/'run.yaml'
+    f.write_text("data: {mix_alpha: [\n")
+    r = compass('config', '--config', str(f))
+    assert r.returncode == 2 and 'run.yaml: cannot parse' in r.stderr
+
+def test_data_stage_on_synthetic_corpus_writes_run_folder(tmp_path):
+    run = tmp_path/'run'
+    r = compass('data', '--preset', 'tiny', '--data-dir', 'synthetic', '--run-dir', str(run))
+    assert r.returncode == 0, r.stderr
+    saved = yaml.safe_load((run/'config.yaml').read_text())
+    assert saved['data_dir'] == 'synthetic' and saved['preset'] == 'tiny'
+    for f in ['report.md', 'report.png', 'mix.png', 'summary.json']: assert (run/'data'/f).is_file(), f

@@ -1,0 +1,151 @@
+"CompassForCausalLM: config validation, accounting, save/load, remote code, cache, generation, pipeline, balance."
+import json, math, os, subprocess, sys, pytest, torch
+from transformers import AutoConfig, AutoModelForCausalLM, DynamicCache, PreTrainedTokenizerFast, pipeline
+from compass_nbdev.core import ConfigError
+from compass_nbdev.model import CompassConfig, CompassForCausalLM, PRESETS, model_stats
+from compass_nbdev.balance import load_stats
+
+@pytest.fixture(scope='module')
+def tiny():
+    torch.manual_seed(0)
+    return CompassForCausalLM(CompassConfig.from_preset('tiny')).eval()
+
+@pytest.mark.parametrize('kw,key', [
+    (dict(num_experts_per_tok=9), 'num_experts_per_tok'), (dict(num_key_value_heads=3), 'num_key_value_heads'),
+    (dict(balance='magic'), 'balance'), (dict(balance_scope='x'), 'balance_scope'), (dict(moe_impl='cuda'), 'moe_impl'),
+    (dict(first_k_dense=9), 'first_k_dense'), (dict(hidden_size=-1), 'hidden_size'), (dict(head_dim=15), 'head_dim'),
+    (dict(capacity_factor=0.), 'capacity_factor'), (dict(aux_loss_alpha=-1.), 'aux_loss_alpha')])
+def test_bad_configs_name_the_key(kw, key):
+    with pytest.raises(ConfigError) as e: CompassConfig.from_preset('tiny', **kw)
+    assert str(e.value).startswith(f"{key}:"), str(e.value)
+
+def test_unknown_preset_lists_allowed():
+    with pytest.raises(ConfigError, match="preset: unknown preset 'big'; choose one of tiny, laptop, gpu-small, compass-v2"):
+        CompassConfig.from_preset('big')
+
+def test_bad_config_fails_before_allocation(monkeypatch):
+    called = []
+    monkeypatch.setattr(torch.nn.Linear, '__init__', lambda *a, **k: called.append(1))
+    with pytest.raises(ConfigError): CompassForCausalLM(CompassConfig.from_preset('tiny', num_key_value_heads=3))
+    assert not called
+
+@pytest.mark.parametrize('name', list(PRESETS))
+def test_accounting_matches_built_model(name):
+    cfg = CompassConfig.from_preset(name)
+    with torch.device('meta'): m = CompassForCausalLM(cfg)
+    assert sum(p.numel() for p in m.parameters()) == model_stats(cfg)['total']
+
+def test_compass_v2_scale_and_dense_counterparts():
+    s = model_stats(CompassConfig.from_preset('compass-v2'))
+    assert abs(s['total'] / 30e9 - 1) < 0.03 and abs(s['active'] / 5e9 - 1) < 0.03
+    c = CompassConfig.from_preset('compass-v2')
+    assert (c.n_shared_experts, c.num_experts_per_tok, c.vocab_size) == (2, 4, 180_000)
+    for n in ('tiny', 'laptop', 'gpu-small', 'compass-v2'):
+        a, d = model_stats(CompassConfig.from_preset(n))['active'], model_stats(CompassConfig.from_preset(n + '-dense'))['active']
+        assert abs(d / a - 1) < 0.01, n
+    assert 1e6 < model_stats(CompassConfig.from_preset('laptop'))['total'] < 1e7
+    assert 1e8 < model_stats(CompassConfig.from_preset('gpu-small'))['total'] < 1e9
+
+def test_loss_composition_and_load(tiny):
+    x = torch.randint(0, 512, (2, 9))
+    tiny.train()
+    out = tiny(x, labels=x)
+    tiny.eval()
+    c = tiny.config
+    torch.testing.assert_close(out.loss, out.lm_loss + c.aux_loss_alpha * out.aux_loss + c.z_loss_beta * out.z_loss)
+    assert out.expert_load.shape == (3, 8) and (out.expert_load.sum(1) == 2 * 9 * 2).all()
+    assert out.aux_loss >= 1 - 1e-5                              # E·Σf·P >= 1 only at balance ... and is positive
+    out.loss.backward()
+    assert tiny.moe_layers()[0].router.weight.grad.abs().sum() > 0
+    tiny.zero_grad()
+
+def test_save_load_identical_logits(tiny, tmp_path):
+    x = torch.randint(0, 512, (2, 10))
+    tiny.save_pretrained(tmp_path)
+    cfg = json.loads((tmp_path / 'config.json').read_text())
+    assert cfg['model_type'] == 'compass' and cfg['auto_map']['AutoModelForCausalLM'] == 'model.CompassForCausalLM'
+    assert {'model.safetensors', 'model.py', 'moe.py', 'balance.py', 'core.py'} <= set(os.listdir(tmp_path))
+    assert type(AutoConfig.from_pretrained(tmp_path)) is CompassConfig
+    re = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    with torch.no_grad(): assert torch.equal(re(x).logits, tiny(x).logits)
+
+def test_trust_remote_code_without_package(tiny, tmp_path):
+    "A fresh interpreter that never imports compass_nbdev loads the folder from the copied code files."
+    tiny.save_pretrained(tmp_path)
+    x = torch.randint(0, 512, (1, 6))
+    with torch.no_grad(): torch.save(dict(x=x, logits=tiny(x).logits), tmp_path / 'ref.pt')
+    code = f"""
+import sys, torch
+sys.modules['compass_nbdev'] = None          # make the installed package unimportable
+from transformers import AutoModelForCausalLM
+m = AutoModelForCausalLM.from_pretrained({str(tmp_path)!r}, trust_remote_code=True).eval()
+ref = torch.load({str(tmp_path / 'ref.pt')!r})
+assert type(m).__module__.startswith('transformers_modules'), type(m).__module__
+with torch.no_grad(): assert torch.equal(m(ref['x']).logits, ref['logits'])
+print('ok')
+"""
+    r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 0 and 'ok' in r.stdout, r.stderr[-3000:]
+
+def test_incremental_cache_equals_full(tiny):
+    x = torch.randint(0, 512, (2, 11))
+    with torch.no_grad():
+        full = tiny(x).logits
+        cache = DynamicCache()
+        a = tiny(x[:, :6], cache=cache, use_cache=True).logits
+        b = [tiny(x[:, i:i+1], cache=cache, use_cache=True).logits for i in range(6, 11)]
+    torch.testing.assert_close(torch.cat([a] + b, 1), full, atol=1e-5, rtol=1e-4)
+
+def test_generation_reproducible_and_padding(tiny):
+    x = torch.randint(1, 512, (1, 5))
+    outs = []
+    for _ in range(2):
+        torch.manual_seed(7)
+        outs.append(tiny.generate(x, max_new_tokens=8, do_sample=True, top_k=20, pad_token_id=0))
+    assert torch.equal(*outs) and outs[0].shape == (1, 13)
+    greedy = tiny.generate(x, max_new_tokens=8, do_sample=False, pad_token_id=0)
+    pad = torch.cat([torch.zeros(1, 2, dtype=torch.long), x], 1)
+    am = torch.tensor([[0, 0, 1, 1, 1, 1, 1]])
+    greedy_pad = tiny.generate(pad, attention_mask=am, max_new_tokens=8, do_sample=False, pad_token_id=0)
+    assert torch.equal(greedy[0, 5:], greedy_pad[0, 7:])
+
+def _tokenizer():
+    from tokenizers import Tokenizer, models, trainers, pre_tokenizers, decoders
+    tok = Tokenizer(models.BPE(unk_token='<unk>'))
+    tok.pre_tokenizer, tok.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
+    tok.train_from_iterator(['selamat pagi apa kabar', 'สวัสดีครับ', 'xin chào các bạn', 'hello shopee world'] * 10,
+                            trainers.BpeTrainer(vocab_size=400, special_tokens=['<pad>', '<unk>', '<eos>'],
+                                                initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token='<pad>', unk_token='<unk>', eos_token='<eos>')
+
+def test_pipeline_text_generation(tiny):
+    tok = _tokenizer()
+    assert len(tok) <= tiny.config.vocab_size
+    gen = pipeline('text-generation', model=tiny, tokenizer=tok, device='cpu')
+    out = gen('selamat pagi', max_new_tokens=5, do_sample=False)
+    assert out[0]['generated_text'].startswith('selamat pagi')
+
+def test_aux_free_bias_moves_and_global_scope():
+    torch.manual_seed(0)
+    m = CompassForCausalLM(CompassConfig.from_preset('tiny', balance='aux_free', bias_update_rate=0.1))
+    x = torch.randint(0, 512, (2, 16))
+    out = m(x, labels=x)
+    assert out.loss.item() == pytest.approx((out.lm_loss + 1e-3 * out.z_loss).item())   # no aux term
+    m.balance_step()
+    b = m.moe_layers()[0].balance_bias
+    load = out.expert_load[0].float()
+    torch.testing.assert_close(b, 0.1 * torch.sign(load.mean() - load))
+    g = CompassForCausalLM(CompassConfig.from_preset('tiny', balance_scope='global'))
+    g.load_state_dict({k: v for k, v in m.state_dict().items() if 'balance_bias' not in k}, strict=False)
+    g(x[:1], labels=x[:1]); o2 = g(x[1:], labels=x[1:])
+    assert g._global_counts.counts[0].sum() == 2 * 16 * 2        # counts of both micro-batches
+    g.balance_step(); assert g._global_counts.counts == {}
+
+def test_moe_impl_switch_keeps_logits(tiny):
+    x = torch.randint(0, 512, (1, 7))
+    with torch.no_grad():
+        ref = tiny(x).logits
+        for m in tiny.moe_layers(): m.impl = 'loop'
+        alt = tiny(x).logits
+        for m in tiny.moe_layers(): m.impl = 'auto'
+    torch.testing.assert_close(alt, ref, atol=1e-5, rtol=1e-4)
