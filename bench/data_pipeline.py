@@ -2,7 +2,7 @@
 
 Usage: python bench/data_pipeline.py DATA_DIR [--num-proc 2] [--out DIR] [--threshold 0.8] [--num-perm 128]
 Prints a per-stage breakdown, then exactly one summary line:
-data_pipeline seconds=<total> peak_mb=<peak RSS> kept_bytes=<n> removed_bytes=<n>
+data_pipeline seconds=<total> peak_mb=<peak memory: summed PSS of the process tree> kept_bytes=<n> removed_bytes=<n>
 """
 import argparse, os, resource, sys, tempfile, threading, time
 from pathlib import Path
@@ -50,7 +50,8 @@ def main(argv=None):
     cpu = (c1.user - c0.user) + (c1.system - c0.system) + (c1.children_user - c0.children_user) + (c1.children_system - c0.children_system)
     print(f"cpu seconds (main + workers) {cpu:.1f}; wall {total:.1f}; load average now {os.getloadavg()}", file=sys.stderr)
     print(f"docs in {s['docs_in']:,}, kept {s['kept_docs']:,}; bytes in {s['bytes_in']:,}; output in {out}", file=sys.stderr)
-    for k, v in s['seconds'].items(): print(f"  {k:<26}{v:8.2f} s", file=sys.stderr)
+    print(f"  {'stage':<26}{'wall s':>8}{'cpu s':>8}", file=sys.stderr)
+    for k, v in s['seconds'].items(): print(f"  {k:<26}{v:8.2f}{s['cpu_seconds'].get(k, float('nan')):8.2f}", file=sys.stderr)
     for r, v in s['removed_by_reason'].items(): print(f"  removed {r:<18}{v['docs']:8,} docs {v['bytes']:12,} bytes", file=sys.stderr)
     print(f"data_pipeline seconds={total:.1f} peak_mb={peak:.0f} kept_bytes={s['kept_bytes']} removed_bytes={s['removed_bytes']}")
 

@@ -5,7 +5,10 @@ n_shared_experts=0; Qwen2-MoE is compared with Compass with one shared expert. E
 experts implementations (transformers 5.x `experts_implementation`: eager, grouped_mm, batched_mm).
 Ends by printing `model_cpu ratio=<our step time / fastest peer's> peak_mb=<ours>`.
 
-    python bench/model_cpu.py [--steps 5] [--tokens 4x256] [--quick]
+    python bench/model_cpu.py [--steps 5] [--batch 2 --seq 256] [--experts 32 --expert 128 --k 4] ...
+
+Models are timed round robin (one step of each in turn), so changes in machine load hit all of them alike; the
+peak memory of each is measured in a warm-up step while the others are idle (peak RSS increase, Linux only).
 """
 import argparse, ctypes, gc, os, statistics, sys, time
 import torch
@@ -55,29 +58,28 @@ def build_qwen2(a, impl):
                          output_router_logits=True, router_aux_loss_coef=1e-3, max_position_embeddings=4096)
     return Qwen2MoeForCausalLM._from_config(cfg, experts_implementation=impl, attn_implementation='sdpa')
 
-def time_steps(model, x, steps):
-    "Median seconds per training step (fwd + bwd + zero_grad), after 2 warm-up steps; and peak RSS increase in MB."
-    model.train()
+def train_step(model, x):
+    out = model(input_ids=x, labels=x)
+    out.loss.backward()
+    model.zero_grad(set_to_none=True)
+
+def peak_mb(model, x):
+    "Peak RSS increase (MB) over one training step, measured with the other models idle."
     reset_peak(); base = rss_mb()
-    ts = []
-    for i in range(steps + 2):
-        t0 = time.perf_counter()
-        out = model(input_ids=x, labels=x)
-        out.loss.backward()
-        model.zero_grad(set_to_none=True)
-        if i >= 2: ts.append(time.perf_counter() - t0)
-    return statistics.median(ts), min(ts), hwm_mb() - base
+    train_step(model, x)
+    return hwm_mb() - base
 
 def main():
     p = argparse.ArgumentParser()
     p.add_argument('--steps', type=int, default=5)
-    p.add_argument('--batch', type=int, default=4); p.add_argument('--seq', type=int, default=256)
+    p.add_argument('--batch', type=int, default=2); p.add_argument('--seq', type=int, default=256)
     p.add_argument('--vocab', type=int, default=8192); p.add_argument('--hidden', type=int, default=256)
     p.add_argument('--layers', type=int, default=4); p.add_argument('--heads', type=int, default=4)
-    p.add_argument('--kv-heads', type=int, default=2); p.add_argument('--experts', type=int, default=16)
-    p.add_argument('--k', type=int, default=4); p.add_argument('--expert', type=int, default=256)
+    p.add_argument('--kv-heads', type=int, default=2); p.add_argument('--experts', type=int, default=32)
+    p.add_argument('--k', type=int, default=4); p.add_argument('--expert', type=int, default=128)
     p.add_argument('--threads', type=int, default=2)
     p.add_argument('--impls', default='eager,grouped_mm,batched_mm')
+    p.add_argument('--max-batched-gb', type=float, default=4.0)
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     import transformers
@@ -91,15 +93,26 @@ def main():
     for impl in a.impls.split(','):
         runs += [(f'qwen3_moe[{impl}]', lambda impl=impl: build_qwen3(a, impl)),
                  (f'qwen2_moe[{impl}]', lambda impl=impl: build_qwen2(a, impl))]
-    res = {}
+    S = a.batch * a.seq * a.k
+    bmm_gb = a.layers * S * 3 * a.hidden * a.expert * 4 / 1e9
+    models = {}
     for name, build in runs:
+        if 'batched_mm' in name and bmm_gb > a.max_batched_gb:
+            print(f"{name}: skipped, it would gather {bmm_gb:.1f} GB of per-token expert weights (> --max-batched-gb)")
+            continue
         torch.manual_seed(0)
-        m = build()
-        n = sum(p.numel() for p in m.parameters())
-        med, mn, peak = time_steps(m, x, a.steps)
-        res[name] = (med, mn, peak, n)
-        print(f"{name:24s} params {n/1e6:6.2f}M  step median {med*1e3:8.1f} ms  min {mn*1e3:8.1f} ms  peak +{peak:7.1f} MB", flush=True)
-        del m
+        models[name] = build().train()
+    for m in models.values(): train_step(m, x)      # warm-up step of every model
+    mem = {name: peak_mb(m, x) for name, m in models.items()}   # then each one's peak, the others idle
+    times = {name: [] for name in models}
+    for _ in range(a.steps):                 # round robin, so load changes hit every model alike
+        for name, m in models.items():
+            t0 = time.perf_counter(); train_step(m, x); times[name].append(time.perf_counter() - t0)
+    res = {}
+    for name, m in models.items():
+        med, mn, n = statistics.median(times[name]), min(times[name]), sum(p.numel() for p in m.parameters())
+        res[name] = (med, mn, mem[name], n)
+        print(f"{name:24s} params {n/1e6:6.2f}M  step median {med*1e3:8.1f} ms  min {mn*1e3:8.1f} ms  peak +{mem[name]:7.1f} MB", flush=True)
     ours3, ours2 = res['compass (no shared)'][0], res['compass (1 shared)'][0]
     q3 = min((v[0], k) for k, v in res.items() if k.startswith('qwen3'))
     q2 = min((v[0], k) for k, v in res.items() if k.startswith('qwen2'))

@@ -8,7 +8,7 @@ Docs: https://compass-nbdev.github.io/compass_nbdev/kernels.html.md"""
 __all__ = ['INTERPRET', 'POISON', 'Plan', 'use_triton', 'route_fwd', 'route_bwd', 'moe_plan', 'experts_fwd', 'experts_bwd',
            'TritonExperts', 'triton_experts', 'TritonRoute', 'triton_route']
 
-# %% ../nbs/31_kernels.ipynb #761a3829
+# %% ../nbs/31_kernels.ipynb #ced604ce
 import os, math
 from collections import namedtuple
 from typing import Optional
@@ -22,7 +22,7 @@ except ImportError:  # no triton: the package still works, through the PyTorch r
     triton, tl, HAS_TRITON = None, None, False
 from . import moe
 
-# %% ../nbs/31_kernels.ipynb #c3cf435c
+# %% ../nbs/31_kernels.ipynb #f04ac678
 INTERPRET = os.environ.get('TRITON_INTERPRET', '0') == '1'
 POISON = os.environ.get('COMPASS_KERNEL_POISON', '0') == '1'  # debug: fill every output buffer with NaN before launch
 
@@ -41,10 +41,11 @@ if not HAS_TRITON:  # stand-ins so the kernel definitions below still parse
         constexpr = int
         def jit(self, f=None, **kw): return f if f is not None else (lambda g: g)
         def autotune(self, *a, **kw): return lambda g: g
+        def heuristics(self, *a, **kw): return lambda g: g
         def Config(self, *a, **kw): return None
     triton = tl = _Stub()
 
-# %% ../nbs/31_kernels.ipynb #16802494
+# %% ../nbs/31_kernels.ipynb #70df9a35
 @triton.jit
 def _route_fwd_kernel(
     logits_ptr, bias_ptr,                 # in:  (T, E) router logits (any float dtype), (E,) fp32 bias or a dummy
@@ -85,7 +86,7 @@ def _route_fwd_kernel(
     tl.store(w_ptr + off, wmat, mask=km)
     tl.store(ids_ptr + off, imat.to(tl.int64), mask=km)
 
-# %% ../nbs/31_kernels.ipynb #40395112
+# %% ../nbs/31_kernels.ipynb #39d7e04c
 @triton.jit
 def _route_bwd_kernel(
     probs_ptr, ids_ptr, w_ptr,            # saved: (T, E) fp32 probs, (T, K) ids, (T, K) fp32 weights (as returned)
@@ -125,7 +126,7 @@ def _route_bwd_kernel(
     gl = p * (gp - tl.sum(p * gp, axis=1)[:, None])   # softmax backward
     tl.store(gl_ptr + r64 * E + cols[None, :], gl.to(gl_ptr.dtype.element_ty), mask=m)
 
-# %% ../nbs/31_kernels.ipynb #02972b84
+# %% ../nbs/31_kernels.ipynb #70499906
 def _route_blocks(E):
     BLOCK_E = triton.next_power_of_2(E)
     return max(1, min(64, 1024 // BLOCK_E)), BLOCK_E
@@ -162,7 +163,7 @@ def route_bwd(probs:Tensor, ids:Tensor, weights:Tensor, # saved by `route_fwd`
         K=k, K_P2=triton.next_power_of_2(k), BLOCK_T=BLOCK_T, BLOCK_E=BLOCK_E, HAS_GP=gp is not None, RENORM=renormalize)
     return gl
 
-# %% ../nbs/31_kernels.ipynb #2125347c
+# %% ../nbs/31_kernels.ipynb #4757d682
 @triton.jit
 def _hist_kernel(
     ids_ptr, hist_ptr,                    # in: (S,) expert of each slot; out: (n_blocks, E) int32 counts per block
@@ -212,7 +213,7 @@ def _tiles_kernel(
         tl.store(tile_expert_ptr + t0 + i, tl.zeros((BLOCK,), tl.int32) + e, mask=i < nt)
         tl.store(tile_row_ptr + t0 + i, r0 + i * BLOCK_M, mask=i < nt)
 
-# %% ../nbs/31_kernels.ipynb #1c91d8f9
+# %% ../nbs/31_kernels.ipynb #0d794b79
 Plan = namedtuple('Plan', 'row_slot row_token offsets tile_expert tile_row block_m')
 
 def moe_plan(ids:Tensor, # (T, K) int64 expert ids
@@ -242,7 +243,7 @@ def moe_plan(ids:Tensor, # (T, K) int64 expert ids
     _tiles_kernel[(n_experts,)](counts, offsets, tile_start, tile_expert, tile_row, BLOCK_M=block_m, BLOCK=64)
     return Plan(row_slot, row_token, offsets, tile_expert, tile_row, block_m)
 
-# %% ../nbs/31_kernels.ipynb #2d469426
+# %% ../nbs/31_kernels.ipynb #5b0a41f5
 def _gemm_configs():
     if INTERPRET: return [triton.Config({'BLOCK_N': 64, 'BLOCK_K': 64}, num_warps=4, num_stages=1)]
     return [triton.Config({'BLOCK_N': bn, 'BLOCK_K': bk}, num_warps=w, num_stages=st)
@@ -337,7 +338,7 @@ def _grouped_gemm_kernel(
         tl.store(c_p, (dh * u * sg * (1 + g * (1 - sg))).to(dt), mask=m2)   # d gate
         tl.store(c_p + N * stride_cn, (dh * g * sg).to(dt), mask=m2)         # d up
 
-# %% ../nbs/31_kernels.ipynb #169f5709
+# %% ../nbs/31_kernels.ipynb #536fad2c
 def _wgrad_configs():
     if INTERPRET: return [triton.Config({'BLOCK_M': 64, 'BLOCK_N': 64, 'BLOCK_R': 64}, num_warps=4, num_stages=1)]
     return [triton.Config({'BLOCK_M': bm, 'BLOCK_N': bn, 'BLOCK_R': br}, num_warps=w, num_stages=st)
@@ -386,7 +387,7 @@ def _grouped_wgrad_kernel(
     c_p = c_ptr + e.to(tl.int64) * stride_ce + ms[:, None] * stride_cm + ns[None, :] * stride_cn
     tl.store(c_p, acc.to(c_ptr.dtype.element_ty), mask=(ms < M)[:, None] & (ns < N)[None, :])
 
-# %% ../nbs/31_kernels.ipynb #9842fccd
+# %% ../nbs/31_kernels.ipynb #39c62a1b
 @triton.jit
 def _combine_kernel(
     y_ptr, w_ptr, out_ptr,                # in: (T*K, H) per-slot outputs, (T, K) fp32 weights or a dummy; out: (T, H)
@@ -422,7 +423,7 @@ def _combine_bwd_kernel(
             acc += g * y
         tl.store(gw_ptr + t * K + j, tl.sum(acc, axis=0))
 
-# %% ../nbs/31_kernels.ipynb #994ade0b
+# %% ../nbs/31_kernels.ipynb #aa8863e6
 def _block_m(S, E):
     "Rows per GEMM row-tile for S slots over E experts."
     if INTERPRET: return 32
@@ -452,7 +453,7 @@ def _combine(y, w, T, K):
                                                  K=K, BLOCK_H=BLOCK_H, HAS_W=w is not None)
     return out
 
-# %% ../nbs/31_kernels.ipynb #ca676266
+# %% ../nbs/31_kernels.ipynb #ef3201a0
 def experts_fwd(x:Tensor, # (T, H) tokens, contiguous
                 ids:Tensor, # (T, K) int64 experts
                 weights:Tensor, # (T, K) fp32 combine weights, contiguous
@@ -473,7 +474,7 @@ def experts_fwd(x:Tensor, # (T, H) tokens, contiguous
     _gemm(h, w_down, y, plan, H, F2 // 2, w_down.stride(), epilogue=0, scatter_c=True)
     return _combine(y, weights, T, K), h, gu, y, plan
 
-# %% ../nbs/31_kernels.ipynb #1fc07446
+# %% ../nbs/31_kernels.ipynb #f98a4995
 def experts_bwd(g:Tensor, # (T, H) grad of out
                 x:Tensor, weights:Tensor, w_gate_up:Tensor, w_down:Tensor, # the forward's inputs
                 h:Tensor, gu:Tensor, y:Tensor, plan:Plan, # saved by `experts_fwd`
@@ -498,7 +499,7 @@ def experts_bwd(g:Tensor, # (T, H) grad of out
     _wgrad(x, dgu, dwgu, plan, gather_a=True)
     return _combine(dxs, None, T, K), gw, dwgu, dwd
 
-# %% ../nbs/31_kernels.ipynb #aa2ea662
+# %% ../nbs/31_kernels.ipynb #f16a2e6e
 def _max_tiles(S, E): return S // _block_m(S, E) + E
 
 @torch.library.custom_op('compass_nbdev::moe_experts_fwd', mutates_args=())
@@ -528,7 +529,7 @@ def _experts_bwd_op(g:Tensor, x:Tensor, weights:Tensor, w_gate_up:Tensor, w_down
 def _(g, x, weights, w_gate_up, w_down, *rest):
     return torch.empty_like(x), torch.empty_like(weights), torch.empty_like(w_gate_up), torch.empty_like(w_down)
 
-# %% ../nbs/31_kernels.ipynb #5a2816ef
+# %% ../nbs/31_kernels.ipynb #9c221e22
 class TritonExperts(torch.autograd.Function):
     "The expert layer: Triton forward and backward behind two custom ops."
     @staticmethod
@@ -544,7 +545,7 @@ class TritonExperts(torch.autograd.Function):
         dx, dw, dwgu, dwd = torch.ops.compass_nbdev.moe_experts_bwd(g.contiguous(), x, weights, w_gate_up, w_down, *rest)
         return dx, None, dw, dwgu, dwd
 
-# %% ../nbs/31_kernels.ipynb #423212bc
+# %% ../nbs/31_kernels.ipynb #587f6296
 def triton_experts(x:Tensor, # (T, H) tokens
                    ids:Tensor, # (T, K) int64 expert of each slot
                    weights:Tensor, # (T, K) combine weights
@@ -564,7 +565,7 @@ def triton_experts(x:Tensor, # (T, H) tokens
 
 moe.register_experts_impl('triton')(triton_experts);
 
-# %% ../nbs/31_kernels.ipynb #d9d73f69
+# %% ../nbs/31_kernels.ipynb #e01cad0c
 @torch.library.custom_op('compass_nbdev::route_fwd', mutates_args=())
 def _route_fwd_op(logits:Tensor, k:int, bias:Optional[Tensor], renormalize:bool) -> tuple[Tensor, Tensor, Tensor]:
     return route_fwd(logits, k, bias, renormalize)
@@ -602,7 +603,7 @@ class TritonRoute(torch.autograd.Function):
                                               ctx.renormalize, ctx.dtype)
         return gl, None, None, None
 
-# %% ../nbs/31_kernels.ipynb #2f7f9b0e
+# %% ../nbs/31_kernels.ipynb #f2c7dd12
 def triton_route(logits:Tensor, # (T, E) router logits
                  k:int, # experts per token
                  bias:Optional[Tensor]=None, # (E,) aux-loss-free balancing bias: shifts the choice, not the weights

@@ -1,9 +1,10 @@
 """The docs site: build it offline, serve it on 127.0.0.1, and read every page in headless Chromium.
 
 Checks: every page loads with no console error, no script error and no failed request of its own; no page asks
-for anything off the local server (the site works offline); the navigation lists every notebook; no image is
-broken, and each notebook with a plot shows it; the search box finds an exported function and leads to its page.
-A screenshot of the landing page goes to $COMPASS_ARTIFACTS (default: artifacts/) as docs_landing.png.
+for anything off the local server (the site works offline); no image is broken; each notebook's page shows its
+stored outputs, and its plots when it has some; the navigation lists every notebook; the search box finds an
+exported function and leads to its entry. A screenshot of the landing page goes to $COMPASS_ARTIFACTS (default:
+artifacts/) as docs_landing.png.
 
 Chromium is the system's (/usr/bin/chromium, `apt-get install chromium`); Playwright never downloads a browser.
 """
@@ -39,7 +40,7 @@ def site(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("site") / "docs"
     r = subprocess.run([sys.executable, str(ROOT / "tools" / "build_docs.py"), "--no-export-check", "--out", str(out)],
                        cwd=ROOT, capture_output=True, text=True, timeout=900)
-    assert r.returncode == 0, f"tools/build_docs.py failed:\n{r.stdout}\n{r.stderr}"
+    assert r.returncode == 0, f"tools/build_docs.py failed:\n{(r.stdout + r.stderr)[-6000:]}"
     return out
 
 
@@ -107,23 +108,24 @@ def broken_images(page) -> list[str]:
     return page.evaluate("() => [...document.images].filter(i => !i.complete || i.naturalWidth === 0).map(i => i.src.slice(0, 80))")
 
 
-def shows_plot(nb: Path) -> bool:
-    "Whether a notebook has a picture among the stored outputs of a cell the docs show."
-    cells = json.loads(nb.read_text(encoding="utf-8"))["cells"]
-    for c in cells:
+def shown_outputs(nb: Path) -> tuple[int, bool]:
+    "How many stored outputs a notebook shows in the docs (cells not hidden), and whether one is a picture."
+    n, pic = 0, False
+    for c in json.loads(nb.read_text(encoding="utf-8"))["cells"]:
         src = "".join(c.get("source", ""))
         if c["cell_type"] != "code" or re.search(r"^#\|\s*(hide|include:\s*false|output:\s*false)", src, re.M):
             continue
-        if any(k.startswith("image/") for o in c.get("outputs", []) for k in (o.get("data") or {})):
-            return True
-    return False
+        outs = [o for o in c.get("outputs", []) if o.get("output_type") != "stream" or o.get("name") == "stdout"]
+        n += len(outs)
+        pic = pic or any(k.startswith("image/") for o in outs for k in (o.get("data") or {}))
+    return n, pic
 
 
 def test_every_page_loads_cleanly(site, server, browser):
     pages = site_pages(site)
     assert "index.html" in pages, "no landing page: nbs/index.ipynb is missing"
     ctx = browser.new_context(viewport={"width": 1280, "height": 900})
-    problems, loaded_images = [], {}
+    problems, loaded_images, outputs = [], {}, {}
     for rel in pages:
         page = ctx.new_page()
         log = PageLog(page, server)
@@ -136,11 +138,16 @@ def test_every_page_loads_cleanly(site, server, browser):
         problems += [f"{rel}: asks for {u} (the site must work offline)" for u in log.offsite]
         problems += [f"{rel}: broken image {src}" for src in broken_images(page)]
         loaded_images[rel] = page.evaluate("() => [...document.images].filter(i => i.naturalWidth > 0).length")
+        outputs[rel] = page.locator(".cell-output").count()
         page.close()
     ctx.close()
     for nb in notebooks():
-        if shows_plot(nb) and loaded_images.get(page_of(nb), 0) == 0:
-            problems.append(f"{page_of(nb)}: {nb.relative_to(ROOT)} has a plot in its outputs, but its page shows no image")
+        n, pic = shown_outputs(nb)
+        rel = page_of(nb)
+        if n and outputs.get(rel, 0) == 0:
+            problems.append(f"{rel}: {nb.relative_to(ROOT)} has {n} stored outputs, but its page shows none")
+        if pic and loaded_images.get(rel, 0) == 0:
+            problems.append(f"{rel}: {nb.relative_to(ROOT)} has a plot in its outputs, but its page shows no image")
     assert not problems, "\n".join(problems)
 
 

@@ -163,6 +163,8 @@ def test_route_rejects_bad_k():
     (300, 100, 13, 1, 24, torch.float16, "random"),
     (300, 96, 4, 1, 32, torch.float32, "one"),       # every token to one expert: 10 tiles of one segment
     (40, 100, 13, 2, 32, torch.float16, "two"),      # 11 of 13 experts empty
+    (40, 128, 4, 2, 64, torch.float16, "random"),    # K and N multiples of the blocks: the unmasked (EVEN_K/N) loads
+    (70, 128, 13, 4, 40, torch.float32, "random"),   # EVEN_K without EVEN_N
 ])  # fmt: skip
 def test_experts_forward_and_every_gradient(T, H, E, k, Fd, dtype, mode):
     check_experts(T, H, E, k, Fd, dtype, mode)
@@ -208,6 +210,24 @@ def test_registered_as_triton():
     assert moe.get_experts_impl("triton") is kernels.triton_experts
 
 
+def test_compass_moe_layer_with_triton_impl():
+    "The model's MoE module selects the kernels by name and gets the reference's output and gradients."
+    torch.manual_seed(0)
+    ref_layer = moe.CompassMoE(96, 32, n_experts=6, k=2, n_shared=1, impl="grouped")
+    tri_layer = moe.CompassMoE(96, 32, n_experts=6, k=2, n_shared=1, impl="triton").to(DEV)
+    tri_layer.load_state_dict(ref_layer.state_dict())
+    x = torch.randn(2, 5, 96)
+    outs, grads = [], []
+    for layer, dev in ((ref_layer, "cpu"), (tri_layer, DEV)):
+        out, aux = layer(x.to(dev))
+        out.square().sum().backward()
+        outs.append(out.detach().cpu())
+        grads.append([p.grad.cpu() for p in layer.parameters()])
+    assert rel_err(outs[1], outs[0]) < TOL[torch.float32]
+    for a, b in zip(grads[1], grads[0]):
+        assert rel_err(a, b) < TOL[torch.float32]
+
+
 def test_cpu_without_interpreter_uses_the_reference(monkeypatch):
     monkeypatch.setattr(kernels, "INTERPRET", False)
     calls = []
@@ -237,6 +257,15 @@ def test_torch_compile_traces_the_layer():
     assert rel_err(out.detach().cpu(), ref.detach()) < 1e-5
     for a, b in zip(grads, ref_grads):
         assert rel_err(a.cpu(), b) < TOL[torch.float32]
+
+
+def test_import_without_triton_falls_back_to_the_reference():
+    code = ("import sys; sys.modules['triton'] = None; import torch; from compass_nbdev import kernels as K, moe; "
+            "assert not K.HAS_TRITON; x = torch.randn(5, 8); ids = torch.randint(0, 3, (5, 2)); w = torch.rand(5, 2); "
+            "a, b = torch.randn(3, 8, 8), torch.randn(3, 4, 8); "
+            "assert torch.allclose(K.triton_experts(x, ids, w, a, b), moe.experts_grouped(x, ids, w, a, b)); print('ok')")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "ok" in r.stdout, r.stderr
 
 
 def test_import_needs_no_gpu_and_no_interpreter():

@@ -107,18 +107,28 @@ def notebook_cells_text(
                     data[mime] = edit("".join(v) if isinstance(v, list) else v)
 
 
+def hosted_url(
+    folder: Path,  # A folder with nbdev.yml: nbs/, `_proc/` or a staged copy
+) -> str:  # `website.site-url`, ending in `/`; empty when there is none
+    "Read the hosted docs' address that nbdev writes into its links and docstrings."
+    import yaml
+
+    url = str((yaml.safe_load((folder / "nbdev.yml").read_text()) or {}).get("website", {}).get("site-url") or "")
+    return url.rstrip("/") + "/" if url else ""
+
+
 def stage(
     proc: Path,  # nbdev's processed copy of nbs/ (`_proc`), which stays as nbdev's cache
     dest: Path,  # An empty folder to render from
     nbs: list[Path],  # The notebooks
 ) -> dict[str, str]:  # The staged name of each notebook, by its path under nbs/ (`00_core.ipynb` -> `core.ipynb`)
     """Copy `_proc` for smalldocs: pages named as nbdev names them, nbdev's links to the hosted docs made
-    local, the API reference in the sidebar, and the config's paths made absolute."""
+    local, the API reference in the sidebar, the config's paths made absolute and its Quarto-only formats dropped."""
     import yaml
 
     shutil.copytree(proc, dest, dirs_exist_ok=True, ignore=shutil.ignore_patterns("docs", "api", "_symbols.json", f"*{ERROR_SUFFIX}"))
+    site_url = hosted_url(dest)
     cfg = yaml.safe_load((dest / "nbdev.yml").read_text())
-    site_url = str(cfg.get("website", {}).get("site-url", "")).rstrip("/") + "/"
     cfg.pop("format-links", None)  # the Markdown twins of pages are Quarto's; smalldocs makes only html
     (dest / "nbdev.yml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     renamed, seen = {}, {}
@@ -132,7 +142,7 @@ def stage(
     link = re.compile(r"(\]\(|href=[\"'])((?:[^)\"'\s#]*/)?)([^/)\"'\s#]+\.ipynb)")
 
     def edit(md: str) -> str:  # a link to the hosted docs becomes a link inside the site; links to notebooks follow renames
-        md = md.replace(site_url, "/") if site_url != "/" else md
+        md = md.replace(site_url, "/") if site_url else md
         return link.sub(lambda m: m.group(1) + m.group(2) + names.get(m.group(3), m.group(3)), md)
 
     for rel, new in renamed.items():
@@ -169,10 +179,14 @@ def stage(
     side["website"]["sidebar"]["contents"] = rename(contents) + [{"section": "API reference", "contents": "api/*.qmd"}]
     (dest / "sidebar.yml").write_text(yaml.safe_dump(side, sort_keys=False))
     q = yaml.safe_load((dest / "_quarto.yml").read_text())
+    fmt = q.get("format") if isinstance(q.get("format"), dict) else {}
+    fmt.pop("commonmark", None)  # Quarto's Markdown twins of the pages; smalldocs makes html only
+    if isinstance(fmt.get("html"), dict):
+        fmt["html"].pop("keep-md", None)
     api = (q.get("smalldocs") or {}).get("api")
     if api:
         api["root"] = str(ROOT)  # the staging folder is not beside the repository
-        (dest / "_quarto.yml").write_text(yaml.safe_dump(q, sort_keys=False))
+    (dest / "_quarto.yml").write_text(yaml.safe_dump(q, sort_keys=False))
     return renamed
 
 
@@ -193,6 +207,7 @@ def render(
 def install(
     built: Path,  # The site that smalldocs wrote
     docs: Path,  # The docs folder of the repository
+    site_url: str = "",  # The hosted site's address, ending in `/`, as nbdev.yml gives it
 ) -> None:
     "Replace docs/ with the built site, keeping docs/README.md; make it self-contained (KaTeX and fonts local)."
     keep = (docs / "README.md").read_bytes() if (docs / "README.md").exists() else None
@@ -206,11 +221,14 @@ def install(
     from smalldocs.layout import KATEX
 
     shutil.copytree(KATEX_LOCAL, docs / "site_libs" / "katex", ignore=shutil.ignore_patterns("README.md"))
-    for page in docs.rglob("*.html"):  # maths: the vendored KaTeX, not the CDN
+    for page in docs.rglob("*.html"):
         html = page.read_text(encoding="utf-8")
-        if KATEX in html:
-            up = "../" * (len(page.relative_to(docs).parts) - 1)
-            page.write_text(html.replace(KATEX, f"{up}site_libs/katex"), encoding="utf-8")
+        up = "../" * (len(page.relative_to(docs).parts) - 1)
+        new = html.replace(KATEX, f"{up}site_libs/katex")  # maths: the vendored KaTeX, not the CDN
+        if site_url:  # a module docstring's "Docs: <hosted page>.html.md" (nbdev writes it) becomes a link to the page here
+            new = re.sub(rf"Docs: {re.escape(site_url)}(\S+?\.html)\.md", lambda m: f'Docs: <a href="{up}{m[1]}">{m[1]}</a>', new)
+        if new != html:
+            page.write_text(new, encoding="utf-8")
     for css in (docs / "site_libs" / "themes").glob("*.css"):  # a theme's web fonts: offline, the system fonts serve
         text = css.read_text(encoding="utf-8")
         local = re.sub(r"@import url\((?:https?:)?//[^)]*\);?", "", text)
@@ -274,13 +292,14 @@ def build_docs(
             if w not in broken:
                 print(f"build_docs: warning: {w}", file=sys.stderr)
         if broken:
-            raise DocsError("broken links (link to a notebook by its file, `[MoE](30_moe.ipynb)`, which Quarto and "
-                            "smalldocs both resolve):\n  " + "\n  ".join(broken))
+            raise DocsError("broken links:\n  " + "\n  ".join(broken) + "\nLink to a notebook by its file, "
+                            "`[MoE](30_moe.ipynb)`, which Quarto and smalldocs both turn into its page; the page itself "
+                            "is named as nbdev names it, without the number (moe.html), so `30_moe.html` is broken.")
         if docs is None:
             from nbdev.config import get_config
 
             docs = Path(get_config(ROOT).doc_path)
-        install(built, docs)
+        install(built, docs, hosted_url(Path(tmp)))
     problems = verify(docs, nbs)
     if problems:
         raise DocsError("the site is incomplete:\n  " + "\n  ".join(problems))

@@ -2,10 +2,11 @@
 
     python tools/export_check.py          # exit 1, naming each file, when compass_nbdev/ differs from a fresh export
 
-`nbdev-export` runs in a temporary copy of the repository (pyproject.toml, nbs/ and the package), so the working
-tree is never touched; the package files of the copy are then compared with the real ones. The copy starts with no
-modules but `__init__.py`, so a module that differs, one that the notebooks create but is missing, and one that no
-notebook exports (stale, or written by hand) are all reported. `tools/test.sh`, `tools/build_docs.py` and `tests/test_export.py` use it.
+`nbdev-export` runs in a temporary copy (pyproject.toml, nbs/ and the package's `__init__.py`), so the working
+tree is never touched; the modules it writes are then compared with the real ones. A module that differs, one that
+the notebooks create but is missing, and one that no notebook exports (stale, or written by hand) are all
+reported, as is a notebook that cannot be read. `tools/test.sh`, `tools/build_docs.py` and `tests/test_export.py`
+use it.
 """
 
 import json
@@ -44,7 +45,8 @@ def py_files(
     folder: Path,  # A package folder
 ) -> dict[str, bytes]:  # Each .py file under it, by its path relative to the folder
     "Read every Python file of a package, without caches."
-    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*.py")) if "__pycache__" not in p.parts}
+    files = sorted(p for p in folder.rglob("*.py") if "__pycache__" not in p.parts)
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in files}
 
 
 def unreadable(

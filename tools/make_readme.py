@@ -3,7 +3,8 @@
     python tools/make_readme.py            # rewrite README.md
     python tools/make_readme.py --check    # exit 1 when README.md is not what index.ipynb gives
 
-Markdown cells go in as they are; code cells in ```python fences, their text outputs (stdout, or the plain-text
+Markdown cells go in as they are, except that a link to a notebook (`[data](10_data.ipynb)`, which the docs
+site turns into its page) points at the notebook in nbs/, so that it works on GitHub and in a clone; code cells in ```python fences, their text outputs (stdout, or the plain-text
 form of a result) in plain fences after them. Cells marked `#| hide`, `#| include: false` or `#| echo: false`,
 directive lines (`#| ...`), stderr, and pictures are left out: a README shows text. `tests/test_readme.py` checks
 that the committed README.md is what this script makes.
@@ -18,6 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 DIRECTIVE = re.compile(r"^\s*#\|\s*(.*?)\s*$")
+NB_LINK = re.compile(r"\]\((?![a-zA-Z][a-zA-Z0-9+.-]*:|/|#)([^)\s]+\.ipynb(?:#[^)\s]*)?)\)")  # a relative link to a notebook
 BANNER = "<!-- WARNING: generated from nbs/index.ipynb by tools/make_readme.py; edit the notebook, then run it -->"
 
 
@@ -71,7 +73,7 @@ def cell_markdown(
     "Render one cell for the README."
     src = text(cell.get("source", ""))
     if cell.get("cell_type") == "markdown":
-        return [src.strip("\n")] if src.strip() else []
+        return [NB_LINK.sub(r"](nbs/\1)", src.strip("\n"))] if src.strip() else []
     if cell.get("cell_type") != "code":
         return []
     opts, code = directives(src)
