@@ -27,12 +27,15 @@ def one(preset:str, steps:int, vocab:int, out:Path):
     lap = train_config('laptop')
     st = {**lap.stages[0].to_dict(), 'steps': steps, 'warmup_steps': 2}
     cfg = train_config('laptop', model=preset, model_overrides={'vocab_size': vocab}, stages=[st], log_every=2, save_every=10**6)
+    c0 = time.process_time()
     s = train_stage(cfg, out, tok, data, plots=False)
+    cpu = time.process_time() - c0                                     # CPU seconds of all threads (load-independent-ish)
     recs = _read_metrics(out/'metrics.jsonl')[1:]                      # drop the warm-up interval
     toks = sum(r['tokens'] - p['tokens'] for p, r in zip(_read_metrics(out/'metrics.jsonl'), recs))
     secs = sum((r['tokens'] - p['tokens']) / r['tokens_per_s'] for p, r in zip(_read_metrics(out/'metrics.jsonl'), recs))
     print('RESULT', json.dumps(dict(preset=preset, tokens_per_s=toks / secs, peak_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                                    final_loss=s['final_loss'], threads=torch.get_num_threads())), flush=True)
+                                    final_loss=s['final_loss'], threads=torch.get_num_threads(),
+                                    cpu_s_per_1k_tokens=1000 * cpu / s['tokens'], tokens=s['tokens'])), flush=True)
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])

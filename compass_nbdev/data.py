@@ -22,7 +22,7 @@ __all__ = ['log', 'COLUMNS', 'SIMP_ONLY', 'TRAD_ONLY', 'REASONS', 'ScriptRules',
            'load_corpus', 'normalize_text', 'quality_signals', 'quality_reason', 'variant_counts', 'chinese_variant',
            'detect_lang', 'clean_doc', 'minhash_signatures', 'lsh_params', 'near_duplicates', 'CleanReport',
            'clean_corpus', 'signatures_parallel', 'mix_weights', 'sample_mix', 'plot_report', 'plot_mix',
-           'report_markdown', 'write_clean', 'run_data_stage']
+           'report_markdown', 'write_clean', 'run_data_stage', 'load_clean']
 
 # %% ../nbs/10_data.ipynb #e8893a64
 log = get_logger('data')
@@ -806,3 +806,16 @@ def run_data_stage(cfg:DataConfig|None=None, # data settings
     atomic_write_json(out_dir/'summary.json', summary)
     log.info("data stage: kept %d/%d docs in %.1fs", summary['kept_docs'], summary['docs_in'], time.perf_counter() - t0)
     return summary
+
+# %% ../nbs/10_data.ipynb #d54eb723
+def load_clean(clean_dir:str|Path, # a `clean/` folder written by `write_clean` (the data stage's `data/clean`)
+               langs:list[str]|None=None, # languages to read (None: every file there)
+              ):
+    "Read a cleaned corpus back as a `datasets.Dataset` (the input of the tokenizer and training stages)."
+    import datasets
+    clean_dir = Path(clean_dir)
+    files = sorted(clean_dir.glob('*.jsonl.gz'))
+    if langs is not None: files = [f for f in files if f.name[:-len('.jsonl.gz')] in langs]
+    if not files: raise DataError("no cleaned corpus here (<lang>.jsonl.gz); run the data stage first (`compass data`)", str(clean_dir))
+    rows = [r for f in files for r in read_jsonl(f, required=COLUMNS)]
+    return datasets.Dataset.from_dict({c: [r[c] for r in rows] for c in COLUMNS})

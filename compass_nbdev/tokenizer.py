@@ -37,7 +37,7 @@ TOKENIZER_PRESETS = {
     'tiny':       dict(vocab_size=4096,   sizes={'general': 3072,   'other': 1024,  'zh': 2048},  bytes_per_lang=300_000),
     'laptop':     dict(vocab_size=16384,  sizes={'general': 12288,  'other': 3072,  'zh': 6144},  bytes_per_lang=1_000_000),
     'compass-v2': dict(vocab_size=180000, sizes={'general': 150000, 'other': 20000, 'zh': 50000}, bytes_per_lang=30_000_000,
-                       lang_weights={'en': 1.5, 'zh': 2.0, 'th': 0.75}, max_token_length={'general': 24, 'zh': 12}),
+                       lang_weights={'en': 1.5, 'zh': 2.0}, max_token_length={'general': 24, 'zh': 12}),
 }
 
 # %% ../nbs/20_tokenizer.ipynb #5fd897e7
@@ -153,9 +153,10 @@ def group_texts(corpus, # see `texts_by_lang`
         docs = list(by_lang.get(lang, []))
         random.Random(f"{seed}:{lang}").shuffle(docs)
         w = (weights or {}).get(lang, 1.0)
+        cap = bytes_per_lang if w >= 1 else min(bytes_per_lang, sum(len(t.encode()) for t in docs)) * w
         sel, n = [], 0
-        for t in docs:  # one pass: at most bytes_per_lang * min(w, 1)
-            if n >= bytes_per_lang * min(w, 1.0): break
+        for t in docs:  # one pass: at most `cap` bytes
+            if n >= cap: break
             if exclude and any(ln.strip() in exclude for ln in t.splitlines()): dropped += 1; continue
             sel.append(t); n += len(t.encode())
         base, i = n, 0

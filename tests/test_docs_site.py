@@ -35,12 +35,25 @@ ARTIFACTS = Path(os.environ.get("COMPASS_ARTIFACTS") or ROOT / "artifacts")
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory) -> Path:
-    "Build the site with the one docs command, into a temporary folder (the export check runs in its own test)."
+def built(tmp_path_factory) -> tuple[Path, str]:
+    "Build the site with the one docs command into a temporary folder: the folder, and why the build failed (or '')."
     out = tmp_path_factory.mktemp("site") / "docs"
     r = subprocess.run([sys.executable, str(ROOT / "tools" / "build_docs.py"), "--no-export-check", "--out", str(out)],
-                       cwd=ROOT, capture_output=True, text=True, timeout=900)
-    assert r.returncode == 0, f"tools/build_docs.py failed:\n{(r.stdout + r.stderr)[-6000:]}"
+                       cwd=ROOT, capture_output=True, text=True, timeout=900)  # the export check is test_export.py's
+    return out, "" if r.returncode == 0 else f"tools/build_docs.py failed:\n{(r.stdout + r.stderr)[-6000:]}"
+
+
+REPORTED = []  # whether a failed build has been reported in full already
+
+
+@pytest.fixture
+def site(built) -> Path:
+    "The built site; a failed build fails the first test with its message, and the others in one line."
+    out, failed = built
+    if failed:
+        msg = failed if not REPORTED else "tools/build_docs.py failed: see the first error of this file"
+        REPORTED.append(True)
+        pytest.fail(msg, pytrace=False)
     return out
 
 
@@ -52,9 +65,9 @@ class QuietHandler(http.server.SimpleHTTPRequestHandler):
 
 
 @pytest.fixture(scope="module")
-def server(site):
+def server(built):
     "Serve the site on a free port of 127.0.0.1 in a thread; stop it afterwards."
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(QuietHandler, directory=str(site)))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(QuietHandler, directory=str(built[0])))
     t = threading.Thread(target=httpd.serve_forever, daemon=True)
     t.start()
     yield f"http://127.0.0.1:{httpd.server_address[1]}/"

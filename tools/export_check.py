@@ -53,6 +53,13 @@ def unreadable(
     root: Path = ROOT,  # The repository root
 ) -> list[str]:  # One line per notebook under nbs/ that is not valid notebook JSON, naming it
     "Find the notebooks that nbdev cannot read (a notebook half-written by an editor, a bad merge), by name."
+    return [p for p in notebook_problems(root) if ": not a readable notebook" in p]
+
+
+def notebook_problems(
+    root: Path = ROOT,  # The repository root
+) -> list[str]:  # One line per notebook that cannot be read, or whose export would not be reproducible
+    "Read every notebook under nbs/: unreadable ones, and ones with cells that have no id (nbdev-clean adds them)."
     out = []
     for nb in sorted((root / "nbs").rglob("*.ipynb")):
         if ".ipynb_checkpoints" in nb.parts:
@@ -63,6 +70,11 @@ def unreadable(
                 raise ValueError("it has no list of cells")
         except (ValueError, UnicodeDecodeError) as e:
             out.append(f"{nb.relative_to(root)}: not a readable notebook: {e}")
+            continue
+        no_id = sum(1 for c in data["cells"] if isinstance(c, dict) and not c.get("id"))
+        if no_id and (data.get("nbformat"), data.get("nbformat_minor", 0)) >= (4, 5):
+            out.append(f"{nb.relative_to(root)}: {no_id} cell(s) without an id, so nbdev-export writes a random one each "
+                       "time: run nbdev-clean on it")
     return out
 
 
@@ -70,9 +82,9 @@ def export_problems(
     root: Path = ROOT,  # The repository root
 ) -> list[str]:  # One line per problem; empty when the library is exactly what the notebooks export
     "Export the notebooks in a temporary copy and list every module that differs from the committed library."
-    bad = unreadable(root)
-    if bad:
-        return bad
+    nb_problems = notebook_problems(root)
+    if any(": not a readable notebook" in p for p in nb_problems):
+        return nb_problems
     lib = lib_name(root)
     with tempfile.TemporaryDirectory(prefix="export-check-") as tmp:
         t = Path(tmp)
@@ -84,7 +96,7 @@ def export_problems(
         if r.returncode:
             return [f"nbdev-export failed (exit {r.returncode}):\n{r.stdout}{r.stderr}".rstrip()]
         have, want = py_files(root / lib), py_files(t / lib)
-    out = [f"{lib}/{f}: differs from what its notebook exports" for f in sorted(have.keys() & want.keys()) if have[f] != want[f]]
+    out = nb_problems + [f"{lib}/{f}: differs from what its notebook exports" for f in sorted(have.keys() & want.keys()) if have[f] != want[f]]
     out += [f"{lib}/{f}: exported by the notebooks but missing from the library" for f in sorted(want.keys() - have.keys())]
     out += [f"{lib}/{f}: no notebook exports it (stale, or written by hand); move its code into a notebook or delete it"
             for f in sorted(have.keys() - want.keys())]

@@ -1,0 +1,194 @@
+"Tests for compass_nbdev.evaluate: bits per byte, the task harness, bad task specs, probes, routing, report, lm-eval agreement."
+import json, math, os
+import numpy as np, pytest, torch, yaml
+from compass_nbdev.core import DataError, ConfigError, CompassError
+from compass_nbdev.evaluate import (prefix_token_id, token_nll, text_nll, bits_per_byte, encode_pair, loglikelihoods,
+                                    TaskSpec, load_spec, load_task, evaluate_task, builtin_tasks, lm_eval_task_yaml,
+                                    mutual_information, routing_counts, mean_features, eval_stage, report_stage)
+from compass_nbdev.model import CompassConfig, CompassForCausalLM
+from compass_nbdev.tokenizer import train_bpe, to_hf
+
+TEXTS = ["The quick brown fox jumps over the lazy dog.", "Saya suka membeli baju di toko online.",
+         "ร้านนี้ส่งของเร็วมาก สินค้าดี", "Sản phẩm rất tốt, giao hàng nhanh.", "这个商品质量很好，物流也很快。",
+         "Ang ganda ng produkto, mabilis ang delivery.", "Produto excelente, chegou antes do prazo."] * 6
+DATA = os.environ.get('COMPASS_DATA_DIR') or ('/work/shared/data' if os.path.isdir('/work/shared/data/eval') else None)
+
+@pytest.fixture(scope='module')
+def tok(): return to_hf(train_bpe(TEXTS, 300, min_frequency=2))
+
+@pytest.fixture(scope='module')
+def model(tok):
+    torch.manual_seed(0)
+    return CompassForCausalLM(CompassConfig.from_preset('tiny', vocab_size=len(tok))).eval()
+
+ITEMS = [dict(id=f'q{i}', passage=p, question=q, choices=c, label=l) for i, (p, q, c, l) in enumerate([
+    ("The fox is brown.", "What colour is the fox?", ["brown", "blue", "green", "red"], 0),
+    ("Saya suka baju.", "Apa yang saya suka?", ["mobil", "baju", "buku", "makan"], 1),
+    ("สินค้าดี ส่งเร็ว", "ส่งของเป็นอย่างไร", ["ช้า", "ไม่ส่ง", "เร็ว", "หาย"], 2),
+    ("Giao hàng nhanh.", "Giao hàng thế nào?", ["chậm", "nhanh", "không", "mất"], 1),
+    ("物流很快。", "物流怎么样？", ["很快", "很慢", "没有", "丢了"], 0),
+    ("Chegou antes do prazo.", "Quando chegou?", ["depois", "nunca", "antes do prazo", "ontem"], 2)])]
+
+@pytest.fixture
+def taskfile(tmp_path):
+    p = tmp_path/'mc.jsonl'; p.write_text(''.join(json.dumps(d, ensure_ascii=False) + '\n' for d in ITEMS), encoding='utf-8')
+    return p
+
+def spec(path, **kw):
+    return dict(name='toy_mc', path=str(path), template="Passage: {passage}\nQuestion: {question}\nAnswer:", choices='choices',
+                gold='label', **kw)
+
+def test_token_nll_padding_invariant(model, tok):
+    a = tok(TEXTS[0])['input_ids']; b = tok(TEXTS[4])['input_ids']
+    one = token_nll(model, [a])[0]; both = token_nll(model, [b, a], batch_size=2)
+    np.testing.assert_allclose(one, both[1], atol=1e-5)
+
+def test_bpb_counts_every_token_and_byte(model, tok):
+    tx = TEXTS[:7]
+    pre = prefix_token_id(tok)
+    manual = sum(token_nll(model, [[pre] + tok(t, add_special_tokens=False)['input_ids']])[0].sum() for t in tx)
+    r = bits_per_byte(model, tok, texts={'mix': tx}, n_boot=200)['langs']['mix']
+    assert r['bytes'] == sum(len(t.encode()) for t in tx)
+    assert math.isclose(r['bpb'], manual / (math.log(2) * r['bytes']), rel_tol=1e-5)
+    assert r['ci95'][0] <= r['bpb'] <= r['ci95'][1]
+    # an untrained model pays about log2(V) bits per token
+    assert 0.5 * math.log2(len(tok)) < r['bpb'] * r['bytes_per_token'] < 2 * math.log2(len(tok))
+
+def test_bpb_windows_long_text(model, tok):
+    long = ' '.join(TEXTS[:7] * 8)
+    n_tok = len(tok(long, add_special_tokens=False)['input_ids'])
+    assert n_tok > model.config.max_position_embeddings
+    nll = text_nll(model, tok, [long])
+    assert np.isfinite(nll).all() and nll[0] > 0
+
+def test_encode_pair_joint(tok):
+    ctx, cont = encode_pair(tok, "Answer: ", "brown")
+    assert tok.decode(ctx + cont) == "Answer: brown" and tok.decode(cont).startswith(' ')
+
+def test_task_scores_and_acc(model, tok, taskfile):
+    t = load_task(spec(taskfile))
+    assert t.gold == [0, 1, 2, 1, 0, 2]
+    r = evaluate_task(model, tok, t, details=True)
+    lls = r['loglikelihoods']
+    acc = np.mean([int(np.argmax(l)) == g for l, g in zip(lls, t.gold)])
+    assert r['acc'] == acc and r['n'] == 6 and math.isclose(r['chance'], 0.25)
+    # each per-choice score is the log-likelihood of " " + choice after the prompt
+    ll = loglikelihoods(model, tok, [(t.prompts[0], ' ' + t.choices[0][0])])[0]
+    assert math.isclose(ll, lls[0][0], rel_tol=1e-6, abs_tol=1e-6)
+
+def test_fewshot_prefix(model, tok, taskfile):
+    t = load_task(spec(taskfile), limit=2, num_fewshot=2)
+    assert t.fewshot.count('Answer:') == 2
+    for it in t.items: assert it['question'] not in t.fewshot   # evaluated items are never shots
+    ids = [it['id'] for it in load_task(spec(taskfile), limit=3).items]
+    assert len(ids) == 3 and ids == sorted(ids)   # a seeded sample, in file order
+    assert evaluate_task(model, tok, t)['num_fewshot'] == 2
+
+@pytest.mark.parametrize('bad,needle', [
+    (dict(template="{passage} {answer}"), "unknown field 'answer'"),
+    (dict(choices='options'), "'options'"),
+    (dict(gold='gold'), "'gold'"),
+])
+def test_bad_items_name_spec_item_field(taskfile, bad, needle):
+    with pytest.raises(DataError) as e: load_task({**spec(taskfile), **bad})
+    msg = str(e.value)
+    assert needle in msg and 'toy_mc' in msg and 'item q0' in msg and 'mc.jsonl:1' in msg
+
+def test_gold_outside_choices(tmp_path):
+    p = tmp_path/'g.jsonl'; p.write_text(json.dumps(dict(id='x1', passage='a', question='b', choices=['c', 'd'], label=3)) + '\n')
+    with pytest.raises(DataError, match=r"toy_mc.*item x1.*'label'.*outside"): load_task(spec(p))
+    p.write_text(json.dumps(dict(id='x2', passage='a', question='b', choices=['c', 'd'], label='e')) + '\n')
+    with pytest.raises(DataError, match=r"item x2.*not one of the choices"): load_task(spec(p))
+    with pytest.raises(DataError, match="not in gold_map"): load_task({**spec(p), 'gold_map': {'c': 0}})
+
+def test_empty_file_and_missing_spec_field(tmp_path):
+    p = tmp_path/'e.jsonl'; p.write_text('')
+    with pytest.raises(DataError, match="toy_mc.*no items"): load_task(spec(p))
+    f = tmp_path/'s.yaml'; f.write_text(yaml.safe_dump({k: v for k, v in spec(p).items() if k != 'template'}))
+    with pytest.raises(ConfigError, match=r"s\.yaml.*template"): load_spec(f)
+    f.write_text(yaml.safe_dump({**spec(p), 'colour': 'red'}))
+    with pytest.raises(ConfigError, match="colour"): load_spec(f)
+
+def test_builtin_specs():
+    names = builtin_tasks()
+    assert sum(n.startswith('belebele_') for n in names) == 8
+    assert {'xnli_th', 'xnli_vi', 'xnli_tl', 'indonli_id'} <= set(names)
+    assert sum(load_spec(n).group == 'sentiment' for n in names) == 5
+    assert load_spec('belebele_th').template.startswith('ข้อความ')
+
+@pytest.mark.skipif(DATA is None, reason='needs the shared data directory')
+def test_builtin_tasks_load_real_items():
+    for n in builtin_tasks():
+        t = load_task(n, data_dir=DATA, limit=3)
+        assert len(t.gold) == 3 and all(0 <= g < len(c) for g, c in zip(t.gold, t.choices))
+
+def test_mutual_information():
+    assert math.isclose(mutual_information(np.array([[3., 3], [3, 3]])), 0, abs_tol=1e-12)
+    assert math.isclose(mutual_information(np.array([[4., 0, 0], [0, 4, 0], [0, 0, 4]])), math.log2(3))
+
+def test_routing_counts(model, tok):
+    rc = routing_counts(model, tok, {'a': TEXTS[:3], 'b': TEXTS[3:6]})
+    n_moe = sum(model.config.is_moe_layer(i) for i in range(model.config.num_hidden_layers))
+    assert rc['counts'].shape == (n_moe, 2, model.config.n_routed_experts)
+    ntok = [sum(len(tok(t, add_special_tokens=False)['input_ids']) for t in g) for g in (TEXTS[:3], TEXTS[3:6])]
+    np.testing.assert_array_equal(rc['tokens'], ntok)
+    assert (rc['counts'].sum(-1) == np.array(ntok)[None] * model.config.num_experts_per_tok).all()
+    assert (rc['shared_norm'] > 0).all() and (rc['routed_norm'] > 0).all()
+
+def test_mean_features_shape(model, tok):
+    f = mean_features(model, tok, TEXTS[:5], batch_size=2)
+    g = mean_features(model, tok, TEXTS[:5], batch_size=5)
+    assert f.shape == (5, model.config.hidden_size)
+    np.testing.assert_allclose(f, g, atol=1e-5)
+
+@pytest.mark.skipif(DATA is None, reason='needs the shared data directory')
+def test_eval_and_report_stage(model, tok, tmp_path):
+    run = tmp_path/'run'
+    model.save_pretrained(run/'model'); tok.save_pretrained(run/'model')
+    import importlib.util
+    sk = importlib.util.find_spec('sklearn') is not None
+    eval_stage(run, DATA, tasks=['sentiment_smsa_id'], bpb_limit=3, task_limit=3, routing_n=3, probe=sk,
+               probe_train=12, batch_size=8)
+    for f in ('bpb.json', 'tasks.json', 'routing.json') + (('probes.json',) if sk else ()): assert (run/'eval'/f).is_file()
+    bpb = json.loads((run/'eval'/'bpb.json').read_text())
+    assert set(bpb['langs']) >= {'en', 'th', 'zh'}
+    md = report_stage(run).read_text()
+    for h in ('Bits per byte', 'Tasks', 'Routing') + (('Linear probes',) if sk else ()): assert h in md
+    assert (run/'report_bpb.png').is_file() and (run/'report_routing_by_lang.png').is_file()
+
+def test_lm_eval_agreement(model, tok, taskfile, tmp_path, monkeypatch):
+    "Per-choice log-likelihoods agree with lm-evaluation-harness (HF backend) within 1e-5; accuracies are equal."
+    pytest.importorskip('lm_eval')
+    monkeypatch.setenv('HF_HUB_OFFLINE', '1'); monkeypatch.setenv('HF_DATASETS_OFFLINE', '1')
+    from lm_eval import simple_evaluate
+    from lm_eval.tasks import TaskManager
+    mdir = tmp_path/'model'; model.save_pretrained(mdir); tok.save_pretrained(mdir)
+    sp = spec(taskfile)
+    tdir = tmp_path/'tasks'; tdir.mkdir()
+    (tdir/'toy_mc.yaml').write_text(yaml.safe_dump(lm_eval_task_yaml(sp), allow_unicode=True), encoding='utf-8')
+    out = simple_evaluate(model='hf', model_args=dict(pretrained=str(mdir), dtype='float32', device='cpu'),
+                          tasks=['toy_mc'], task_manager=TaskManager(include_path=str(tdir)), log_samples=True,
+                          batch_size=1)
+    ref = {s['doc_id']: [r[0][0] for r in s['resps']] for s in out['samples']['toy_mc']}
+    ours = evaluate_task(model, tok, sp, details=True, batch_size=1)
+    print('max |diff|', max(abs(a - b) for i, l in enumerate(ours['loglikelihoods']) for a, b in zip(l, ref[i])))
+    for i, lls in enumerate(ours['loglikelihoods']):
+        np.testing.assert_allclose(lls, ref[i], atol=1e-5, rtol=0)
+    batched = evaluate_task(model, tok, sp, details=True, batch_size=16)   # padded batches: float32 rounding only
+    print('batched max |diff|', max(abs(a - b) for i, l in enumerate(batched['loglikelihoods']) for a, b in zip(l, ref[i])))
+    for i, lls in enumerate(batched['loglikelihoods']): np.testing.assert_allclose(lls, ref[i], atol=1e-4, rtol=0)
+    assert ours['acc'] == out['results']['toy_mc']['acc,none']
+    assert ours['acc_norm'] == out['results']['toy_mc']['acc_norm,none']
+
+@pytest.mark.skipif(DATA is None, reason='needs the shared data directory')
+def test_lm_eval_yaml_renders_like_ours():
+    "The lm-eval translation of every built-in spec gives the same prompts and gold indices (lm-eval's own Jinja)."
+    pytest.importorskip('lm_eval')
+    from lm_eval.utils import apply_template
+    for n in builtin_tasks():
+        y, t = lm_eval_task_yaml(n, DATA), load_task(n, DATA, limit=3)
+        for it, g, p, ch in zip(t.items, t.gold, t.prompts, t.choices):
+            assert apply_template(y['doc_to_text'], it) == p
+            tg = y['doc_to_target']
+            assert int(apply_template(tg, it) if '{{' in tg else it[tg]) == g
+            assert (eval(apply_template(y['doc_to_choice'], it)) if isinstance(y['doc_to_choice'], str) else y['doc_to_choice']) == ch
