@@ -1,5 +1,5 @@
 "Tests for compass_nbdev.evaluate: bits per byte, the task harness, bad task specs, probes, routing, report, lm-eval agreement."
-import json, math, os
+import ast, json, math, os
 import numpy as np, pytest, torch, yaml
 from compass_nbdev.core import DataError, ConfigError, CompassError
 from compass_nbdev.evaluate import (prefix_token_id, token_nll, text_nll, bits_per_byte, encode_pair, loglikelihoods,
@@ -191,4 +191,4 @@ def test_lm_eval_yaml_renders_like_ours():
             assert apply_template(y['doc_to_text'], it) == p
             tg = y['doc_to_target']
             assert int(apply_template(tg, it) if '{{' in tg else it[tg]) == g
-            assert (eval(apply_template(y['doc_to_choice'], it)) if isinstance(y['doc_to_choice'], str) else y['doc_to_choice']) == ch
+            assert (ast.literal_eval(apply_template(y['doc_to_choice'], it)) if isinstance(y['doc_to_choice'], str) else y['doc_to_choice']) == ch
