@@ -807,7 +807,7 @@ def run_data_stage(cfg:DataConfig|None=None, # data settings
     log.info("data stage: kept %d/%d docs in %.1fs", summary['kept_docs'], summary['docs_in'], time.perf_counter() - t0)
     return summary
 
-# %% ../nbs/10_data.ipynb #8ff4af25
+# %% ../nbs/10_data.ipynb #d4966116
 def load_clean(clean_dir:str|Path, # a `clean/` folder written by `write_clean` (the data stage's `data/clean`)
                langs:list[str]|None=None, # languages to read (None: every file there)
               ):

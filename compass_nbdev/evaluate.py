@@ -570,7 +570,7 @@ def report_stage(run_dir:str|Path, # a run folder
         section('Data mix')
         for p in sorted((run_dir/'data').glob('*.png')): img(p.relative_to(run_dir).as_posix(), p.stem)
         md.append(f"Details: [data/report.md](data/report.md)\n")
-    tj = sorted((run_dir/'tokenizer').glob('*.json')) + sorted(run_dir.glob('tokenizer*.json'))
+    tj = sorted((run_dir/'tokenizer').glob('*.json')) + sorted(run_dir.glob('tokenizer*.json')) + sorted(ev.glob('tokenizer*.json'))
     tj = [p for p in tj if p.name not in ('tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json')]
     for p in tj:
         try: d = json.loads(p.read_text())

@@ -37,3 +37,13 @@ def test_data_stage_on_synthetic_corpus_writes_run_folder(tmp_path):
     saved = yaml.safe_load((run/'config.yaml').read_text())
     assert saved['data_dir'] == 'synthetic' and saved['preset'] == 'tiny'
     for f in ['report.md', 'report.png', 'mix.png', 'summary.json']: assert (run/'data'/f).is_file(), f
+
+@pytest.mark.skipif(not os.environ.get('COMPASS_DATA_DIR'), reason="needs the real data directory (COMPASS_DATA_DIR)")
+def test_run_tiny_on_real_data_writes_every_stage(tmp_path):
+    run = tmp_path/'run'
+    r = compass('run', '--preset', 'tiny', '--run-dir', str(run), '--set', 'data.max_docs_per_source=60')
+    assert r.returncode == 0, r.stderr[-3000:]
+    for f in ['config.yaml', 'data/report.md', 'tokenizer/tokenizer.json', 'eval/tokenizer_eval.json', 'model/config.json',
+              'metrics.jsonl', 'eval/bpb.json', 'report.md']:
+        assert (run/f).is_file(), f
+    assert 'Tokenizer fertility' in (run/'report.md').read_text()
