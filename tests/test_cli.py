@@ -47,3 +47,4 @@ def test_run_tiny_on_real_data_writes_every_stage(tmp_path):
               'metrics.jsonl', 'eval/bpb.json', 'report.md']:
         assert (run/f).is_file(), f
     assert 'Tokenizer fertility' in (run/'report.md').read_text()
+    assert 'mean_bpb: ' in r.stdout or '"mean_bpb"' in r.stdout  # the eval stage's summary reaches the console
