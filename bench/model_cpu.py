@@ -5,9 +5,11 @@ n_shared_experts=0; Qwen2-MoE is compared with Compass with one shared expert. E
 experts implementations (transformers 5.x `experts_implementation`: eager, grouped_mm, batched_mm).
 Ends by printing `model_cpu ratio=<our step time / fastest peer's> peak_mb=<ours>`: the worse of the two pairings
 (Compass without shared experts vs the fastest Qwen3-MoE variant, Compass with one shared expert vs the fastest
-Qwen2-MoE variant), from median step times (`--stat min` on a busy machine).
+Qwen2-MoE variant), from median step times (`--stat min`, or `--threads 1 --stat cpu` = median process CPU time of one thread, which
+measures the work done and is the least disturbed figure when other jobs share the cores).
 
     python bench/model_cpu.py [--steps 5] [--batch 2 --seq 256] [--experts 32 --expert 128 --k 4] ...
+    python bench/model_cpu.py --profile 3 --impls grouped_mm   # also: where each model's step time goes, by op
 
 Models are timed round robin (one step of each in turn), so changes in machine load hit all of them alike; the
 peak memory of each is measured in a warm-up step while the others are idle (peak RSS increase, Linux only).
@@ -71,6 +73,26 @@ def peak_mb(model, x):
     train_step(model, x)
     return hwm_mb() - base
 
+def op_times(model, x, steps):
+    "Self CPU time (ms per step) of each op over `steps` profiled training steps."
+    from torch.profiler import profile
+    with profile() as prof:
+        for _ in range(steps): train_step(model, x)
+    return {e.key: e.self_cpu_time_total / 1e3 / steps for e in prof.key_averages()}
+
+def profile_pair(ours, peer, name_ours, name_peer, x, steps, top=18):
+    "Print the ops whose time differs most between two models, profiled one step at a time in turn."
+    a, b = {}, {}
+    for _ in range(steps):                   # alternate, so load changes hit both alike
+        for m, acc in ((ours, a), (peer, b)):
+            for k, v in op_times(m, x, 1).items(): acc[k] = acc.get(k, 0) + v / steps
+    ta, tb = sum(a.values()), sum(b.values())
+    print(f"\nprofile (self CPU ms per step, {steps} steps each, profiler overhead included): "
+          f"{name_ours} {ta:.1f} vs {name_peer} {tb:.1f}")
+    print(f"{'op':58s} {'ours':>8s} {'peer':>8s} {'diff':>8s}")
+    for k in sorted(set(a) | set(b), key=lambda k: -max(a.get(k, 0), b.get(k, 0)))[:top]:
+        print(f"{k[:58]:58s} {a.get(k, 0):8.2f} {b.get(k, 0):8.2f} {a.get(k, 0) - b.get(k, 0):+8.2f}")
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument('--steps', type=int, default=7)
@@ -80,10 +102,12 @@ def main():
     p.add_argument('--kv-heads', type=int, default=2); p.add_argument('--experts', type=int, default=32)
     p.add_argument('--k', type=int, default=4); p.add_argument('--expert', type=int, default=128)
     p.add_argument('--threads', type=int, default=2)
-    p.add_argument('--stat', choices=['median', 'min'], default='median', help='statistic for the final ratio')
+    p.add_argument('--stat', choices=['median', 'min', 'cpu'], default='median',
+                   help='statistic for the final ratio (cpu: median process CPU time, robust under load with --threads 1)')
     p.add_argument('--impls', default='eager,grouped_mm,batched_mm')
     p.add_argument('--max-batched-gb', type=float, default=4.0)
     p.add_argument('--batched-steps', type=int, default=2)
+    p.add_argument('--profile', type=int, default=0, help='after timing, profile this many steps of each pairing, by op')
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     import transformers
@@ -129,7 +153,11 @@ def main():
     for i, stat in [(0, 'median'), (1, 'min'), (4, 'median process CPU time')]:
         r3, n3, r2, n2 = ratios(i)
         print(f"[{stat}] ours / fastest Qwen3-MoE ({n3}): {r3:.3f}x; ours (1 shared) / fastest Qwen2-MoE ({n2}): {r2:.3f}x", flush=True)
-    r3, _, r2, _ = ratios(0 if a.stat == 'median' else 1)
+    if a.profile:
+        _, n3, _, n2 = ratios(0)
+        for ours, peer in (('compass (no shared)', n3), ('compass (1 shared)', n2)):
+            profile_pair(models[ours], models[peer], ours, peer, x, a.profile)
+    r3, _, r2, _ = ratios({'median': 0, 'min': 1, 'cpu': 4}[a.stat])
     print(f"model_cpu ratio={max(r3, r2):.3f} peak_mb={max(res['compass (no shared)'][2], res['compass (1 shared)'][2]):.0f}")
 
 if __name__ == '__main__':

@@ -14,6 +14,23 @@ printing `moe_vs_dense bpb_moe=<x> bpb_dense=<x> gain_pct=<x>` (gain = 100 × (d
 import argparse, json, math, sys, tempfile, time
 from pathlib import Path
 
+# The laptop configuration this benchmark runs by default (see PROPOSAL in bench/RESULTS.md, "MoE vs dense (#7), rerun").
+MOE_OVERRIDES:dict = {'aux_loss_alpha': 0.01, 'first_k_dense': 0}   # CompassConfig fields for the MoE model only
+TRAIN_OVERRIDES:dict = {'stage_steps': [300, 60, 30], 'stage_lr': [6e-3, 3e-3, 6e-4]}   # TrainConfig fields for both models;
+                        # stage_steps / stage_lr: steps and peak lr of each stage of the preset's recipe
+LR_SCALE:float = 1.0        # multiplier on every stage's peak learning rate, both models
+# MoE-only fields: not passed to the dense twin (its FFN width follows the MoE's active experts instead)
+MOE_ONLY = {'n_routed_experts', 'num_experts_per_tok', 'n_shared_experts', 'moe_intermediate_size', 'first_k_dense',
+            'norm_topk_prob', 'capacity_factor', 'moe_impl', 'balance', 'balance_scope', 'aux_loss_alpha', 'z_loss_beta',
+            'bias_update_rate', 'intermediate_size'}
+
+def dense_twin_overrides(preset:str, moe_overrides:dict)->dict:
+    "Overrides of `{preset}-dense` that match the MoE's body and its active FFN width ((k + shared) x expert width)."
+    from compass_nbdev.model import CompassConfig
+    m = CompassConfig.from_preset(preset, **moe_overrides)
+    return {**{k: v for k, v in moe_overrides.items() if k not in MOE_ONLY},
+            'intermediate_size': (m.num_experts_per_tok + m.n_shared_experts) * m.moe_intermediate_size}
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     ap.add_argument('data_dir')
@@ -22,39 +39,81 @@ def main(argv=None):
     ap.add_argument('--ntrex', type=int, default=300, help='NTREX sentences per language for bits per byte')
     ap.add_argument('--vocab', type=int, default=8192)
     ap.add_argument('--preset', default='laptop', help="training preset: 'laptop' (the claim) or 'tiny' (a smoke test)")
-    ap.add_argument('--moe-overrides', default='{}', help='JSON of CompassConfig fields for the MoE model only, e.g. \'{"aux_loss_alpha": 0.01}\'')
+    ap.add_argument('--moe-overrides', default=None, help='JSON of CompassConfig fields for the MoE model only, e.g. \'{"aux_loss_alpha": 0.01}\' (default: MOE_OVERRIDES)')
+    ap.add_argument('--dense-overrides', default='{}', help='JSON of CompassConfig fields for the dense model only')
+    ap.add_argument('--train-overrides', default=None, help='JSON of TrainConfig fields for both models, e.g. \'{"micro_batch_size": 16}\' (default: TRAIN_OVERRIDES)')
+    ap.add_argument('--lr-scale', type=float, default=None, help='multiply every stage\'s peak lr, both models (default: LR_SCALE)')
+    ap.add_argument('--dense-lr-scale', type=float, default=None, help='lr multiplier for the dense model only (default: --lr-scale)')
+    ap.add_argument('--only', choices=('both', 'moe', 'dense'), default='both', help='train one side only (screening)')
+    ap.add_argument('--log', default=None, help='append one JSON line with the configuration and results to this file')
     ap.add_argument('--out', default=None, help='work folder (default: a temporary one)')
     a = ap.parse_args(argv)
-    import torch
+    import os, torch
     from compass_nbdev.data import load_corpus
     from compass_nbdev.tokenizer import train_bpe, to_hf
     from compass_nbdev.train import train_config, train_stage, TRAIN_PRESETS, _read_metrics
     from compass_nbdev.evaluate import bits_per_byte, load_model
     from compass_nbdev.model import CompassConfig, model_stats
+    moe_ov = json.loads(a.moe_overrides) if a.moe_overrides is not None else dict(MOE_OVERRIDES)
+    train_ov = json.loads(a.train_overrides) if a.train_overrides is not None else dict(TRAIN_OVERRIDES)
+    lr_scale = a.lr_scale if a.lr_scale is not None else LR_SCALE
+    dense_lr_scale = a.dense_lr_scale if a.dense_lr_scale is not None else lr_scale
+    if a.preset != 'laptop': moe_ov, train_ov, lr_scale, dense_lr_scale = json.loads(a.moe_overrides or '{}'), json.loads(a.train_overrides or '{}'), a.lr_scale or 1.0, a.dense_lr_scale or a.lr_scale or 1.0
     out = Path(a.out or tempfile.mkdtemp(prefix='moe_vs_dense_'))
     t0 = time.time()
     docs = load_corpus(a.data_dir, max_docs_per_source=a.docs_per_source, seed=0).to_list()
-    tok = to_hf(train_bpe([d['text'] for d in docs], a.vocab))
-    base = TRAIN_PRESETS[a.preset]
-    stages = [{**s, 'steps': max(1, round(s['steps'] * a.steps_scale)),
-               'warmup_steps': min(s['warmup_steps'], max(1, round(s['steps'] * a.steps_scale)))} for s in base['stages']]
-    res, curves = {}, {}
+    tok_dir = out/f'tokenizer_{a.docs_per_source}_{a.vocab}'   # reused when --out is given again (same docs, same BPE)
+    if (tok_dir/'tokenizer.json').exists():
+        from transformers import PreTrainedTokenizerFast
+        tok = PreTrainedTokenizerFast.from_pretrained(tok_dir, split_special_tokens=True, clean_up_tokenization_spaces=False)
+    else:
+        tok = to_hf(train_bpe([d['text'] for d in docs], a.vocab)); tok.save_pretrained(tok_dir)
+    print(f"[data] {len(docs)} docs, tokenizer {len(tok)} ({time.time() - t0:.0f}s)", file=sys.stderr)
+    base = {**TRAIN_PRESETS[a.preset], **{k: v for k, v in train_ov.items() if k not in ('stage_steps', 'stage_lr')}}
+    if 'stage_steps' in train_ov:
+        if len(train_ov['stage_steps']) != len(base['stages']): sys.exit(f"stage_steps needs {len(base['stages'])} numbers")
+        base['stages'] = [{**s, 'steps': n} for s, n in zip(base['stages'], train_ov['stage_steps'])]
+    if 'stage_lr' in train_ov:
+        if len(train_ov['stage_lr']) != len(base['stages']): sys.exit(f"stage_lr needs {len(base['stages'])} numbers")
+        base['stages'] = [{**s, 'lr': lr} for s, lr in zip(base['stages'], train_ov['stage_lr'])]
+    def scaled(lr_mult):
+        out = []
+        for s in base['stages']:
+            n = max(1, round(s['steps'] * a.steps_scale))
+            out.append({**s, 'steps': n, 'warmup_steps': min(s['warmup_steps'], n), 'lr': s['lr'] * lr_mult})
+        return out
     moe, dense = a.preset, f'{a.preset}-dense'
-    for name in (moe, dense):
-        ov = json.loads(a.moe_overrides) if name == moe else {}
-        cfg = train_config(a.preset, model=name, model_overrides=ov, stages=stages, save_every=10**6)
-        mc = cfg.model_config(len(tok)); st = model_stats(mc, seq_len=stages[0]['seq_len'])
-        print(f"[{name}] total {st['total']/1e6:.2f}M active {st['active']/1e6:.2f}M params", file=sys.stderr)
+    # the dense twin: same body, one SwiGLU as wide as the MoE's active experts (k + shared) x expert width
+    dense_ov = {**dense_twin_overrides(moe, moe_ov), **json.loads(a.dense_overrides)}
+    plan = {moe: (moe_ov, lr_scale), dense: (dense_ov, dense_lr_scale)}
+    if a.only != 'both': plan = {k: v for k, v in plan.items() if k == (moe if a.only == 'moe' else dense)}
+    res, curves = {}, {}
+    for name, (ov, lrm) in plan.items():
+        train_ov_m = {k: v for k, v in train_ov.items() if k not in ('stages', 'stage_steps', 'stage_lr')}
+        cfg = train_config(a.preset, model=name, model_overrides=ov, stages=scaled(lrm), save_every=10**6, **train_ov_m)
+        mc = cfg.model_config(len(tok)); st = model_stats(mc, seq_len=cfg.stages[0].seq_len)
+        print(f"[{name}] total {st['total']/1e6:.3f}M active {st['active']/1e6:.3f}M params", file=sys.stderr)
+        t1 = time.time()
         summ = train_stage(cfg, out/name, tok, data=docs, resume=False)
         model, mtok = load_model(out/name/'model')
         bpb = bits_per_byte(model, mtok, a.data_dir, limit=a.ntrex, n_boot=500)
         curves[name] = [(r['global_step'], r['lm_loss']) for r in _read_metrics(out/name/'metrics.jsonl') if 'lm_loss' in r]
-        res[name] = dict(params=st, tokens=summ['tokens'], train_s=summ['seconds'], mean_bpb=bpb['mean_bpb'],
-                         bpb={l: r['bpb'] for l, r in bpb['langs'].items()}, ci95={l: r['ci95'] for l, r in bpb['langs'].items()})
-    m, d = res[moe]['mean_bpb'], res[dense]['mean_bpb']
+        res[name] = dict(params=st, overrides=ov, lr_scale=lrm, tokens=summ['tokens'], train_s=summ['seconds'],
+                         wall_s=round(time.time() - t1, 1), final_lm_loss=curves[name][-1][1] if curves[name] else None,
+                         mean_bpb=bpb['mean_bpb'], bpb={l: r['bpb'] for l, r in bpb['langs'].items()},
+                         ci95={l: r['ci95'] for l, r in bpb['langs'].items()})
+        print(f"[{name}] mean_bpb {bpb['mean_bpb']:.4f} tokens {summ['tokens']} train {summ['seconds']:.0f}s", file=sys.stderr)
+    m = res[moe]['mean_bpb'] if moe in res else float('nan')
+    d = res[dense]['mean_bpb'] if dense in res else float('nan')
     gain = 100 * (d - m) / d
-    summary = dict(preset=a.preset, moe_overrides=json.loads(a.moe_overrides), steps_scale=a.steps_scale, docs=len(docs), ntrex=a.ntrex, vocab=len(tok), results=res, gain_pct=gain,
-                   seconds=round(time.time() - t0, 1))
+    summary = dict(preset=a.preset, moe_overrides=moe_ov, dense_overrides=dense_ov, train_overrides=train_ov,
+                   lr_scale=lr_scale, dense_lr_scale=dense_lr_scale, steps_scale=a.steps_scale, docs=len(docs),
+                   ntrex=a.ntrex, vocab=len(tok), results=res, gain_pct=gain, seconds=round(time.time() - t0, 1),
+                   loadavg=os.getloadavg())
+    if a.log:
+        with open(a.log, 'a') as f: f.write(json.dumps({k: v for k, v in summary.items()}, default=str) + '\n')
+    if a.only != 'both':
+        print(f"moe_vs_dense only={a.only} bpb={m if a.only == 'moe' else d:.4f}"); return
     here = Path(__file__).parent
     (here/'moe_vs_dense.json').write_text(json.dumps(summary, indent=1))
     import matplotlib; matplotlib.use('Agg'); import matplotlib.pyplot as plt

@@ -559,6 +559,10 @@ def triton_experts(x:Tensor, # (T, H) tokens
     if ids.shape != weights.shape or ids.shape[0] != T or H2 != H or F2 % 2 or tuple(w_down.shape) != (E, F2 // 2, H):
         raise ValueError(f"triton_experts: shapes x{tuple(x.shape)} ids{tuple(ids.shape)} weights{tuple(weights.shape)} "
                          f"w_gate_up{tuple(w_gate_up.shape)} w_down{tuple(w_down.shape)} do not fit (T,H) (T,K) (T,K) (E,H,2F) (E,F,H)")
+    # under autocast (bf16 training on a GPU) the residual stream stays fp32: run the experts in the autocast dtype,
+    # like the Linear layers around them, instead of silently computing the GEMMs in fp32
+    dev = x.device.type
+    if torch.is_autocast_enabled(dev) and x.dtype == torch.float32: x = x.to(torch.get_autocast_dtype(dev))
     # weights in another dtype (autocast, fp32 master weights) are cast to x's, differentiably: the kernels take one dtype
     return TritonExperts.apply(x.contiguous(), ids.contiguous(), weights.float().contiguous(),
                                w_gate_up.to(x.dtype).contiguous(), w_down.to(x.dtype).contiguous())

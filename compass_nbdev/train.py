@@ -8,7 +8,7 @@ Docs: https://compass-nbdev.github.io/compass_nbdev/train.html.md"""
 from __future__ import annotations
 import os, io, json, math, time, signal, shutil, hashlib, random, resource, importlib.util
 from collections import defaultdict
-from contextlib import nullcontext
+from contextlib import nullcontext, contextmanager
 from dataclasses import dataclass, field
 from itertools import chain
 from pathlib import Path
@@ -22,11 +22,12 @@ from .model import CompassConfig, CompassForCausalLM, model_stats, PRESETS as MO
 from .balance import load_stats
 
 # %% auto #0
-__all__ = ['log', 'SCHEDULES', 'TRAIN_PRESETS', 'StageConfig', 'TrainConfig', 'train_config', 'load_train_config', 'lr_at',
-           'load_docs', 'split_heldout', 'PackedData', 'val_bpb', 'CheckpointError', 'list_checkpoints',
-           'save_checkpoint', 'verify_checkpoint', 'load_checkpoint', 'expert_load_metrics', 'TrainingDiverged',
-           'load_tokenizer', 'make_accelerator', 'build_model', 'divergence_report', 'train_stage', 'plot_metrics',
-           'plot_expert_load']
+__all__ = ['log', 'SCHEDULES', 'TRAIN_PRESETS', 'PEAK_BF16_FLOPS', 'StageConfig', 'TrainConfig', 'train_config',
+           'load_train_config', 'lr_at', 'load_docs', 'split_heldout', 'PackedData', 'val_sums', 'val_bpb',
+           'CheckpointError', 'list_checkpoints', 'is_sharded', 'save_checkpoint', 'verify_checkpoint',
+           'load_checkpoint', 'expert_load_metrics', 'peak_flops', 'mfu', 'TrainingDiverged', 'load_tokenizer',
+           'make_accelerator', 'build_model', 'fsdp_plugin', 'fsdp_wrap', 'distributed_mode', 'divergence_report',
+           'train_stage', 'measure_throughput', 'plot_metrics', 'plot_expert_load']
 
 # %% ../nbs/60_train.ipynb #f7e2b1fd
 log = get_logger('train')
@@ -86,6 +87,7 @@ class TrainConfig(Config):
     keep_last:int = 3  # checkpoints kept
     mixed_precision:str = field(default='auto', metadata={'choices': ('auto', 'no', 'bf16')})  # auto: bf16 on GPU
     cpu:bool = False  # force the CPU even when a GPU is present
+    distributed:str = field(default='auto', metadata={'choices': ('auto', 'ddp', 'fsdp')})  # several processes: DDP, or FSDP2 sharding; auto: as accelerate is configured
     tensorboard:bool = False  # also log to TensorBoard (run_dir/tensorboard)
 
     @classmethod
@@ -275,34 +277,60 @@ class PackedData:
         return torch.from_numpy(out)
 
 # %% ../nbs/60_train.ipynb #039e8b6c
+def _dist()->tuple[int, int]:
+    "(rank, world size) of the default process group, (0, 1) when there is none."
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized(): return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
 @torch.no_grad()
-def val_bpb(model, # a causal LM returning `.logits`
+def val_sums(model, # a causal LM returning `.logits`
+             tokenizer, # the training tokenizer
+             texts:dict[str, list[str]], # held-out texts per language
+             seq_len:int=128, # window length
+             batch_size:int=8,
+             rank:int=0, world:int=1, # score documents rank, rank + world, ... of the longest-first order
+             n_batches=None, # callable: local batch count -> batch count to run (the max over processes); None: local
+            )->torch.Tensor:
+    "(2, languages) float64 sums of NLL bits and UTF-8 bytes over this process's share of the held-out documents."
+    was, dev, eos = model.training, next(model.parameters()).device, tokenizer.eos_token_id
+    docs = sorted(((len(t.encode('utf-8', 'surrogatepass')), li, t) for li, tx in enumerate(texts.values()) for t in tx),
+                  key=lambda d: (-d[0], d[1], d[2]))[rank::world]
+    sums = torch.zeros(2, len(texts), dtype=torch.float64)
+    wins = []
+    ids = tokenizer([t for _, _, t in docs], add_special_tokens=False)['input_ids'] if docs else []
+    for (nb, li, _), x in zip(docs, ids):
+        sums[1, li] += nb; x = [eos] + x
+        wins += [(li, x[s:s + seq_len + 1]) for s in range(0, len(x) - 1, seq_len)]
+    wins.sort(key=lambda w: len(w[1]))
+    nb = -(-len(wins) // batch_size)
+    model.eval()
+    for i in range(nb if n_batches is None else n_batches(nb)):
+        part = wins[i * batch_size:(i + 1) * batch_size] or [(0, [eos, eos])]     # an empty batch keeps FSDP in step
+        L = max(len(w) for _, w in part)
+        x = torch.tensor([w + [eos] * (L - len(w)) for _, w in part], device=dev)
+        m = torch.tensor([[1] * len(w) + [0] * (L - len(w)) for _, w in part], device=dev)[:, 1:]
+        logits = model(input_ids=x).logits[:, :-1].float()    # right padding: causal attention never sees it
+        l = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1), reduction='none').view(m.shape)
+        if i < nb: sums[0].index_add_(0, torch.tensor([li for li, _ in part]), (l * m).sum(1).double().cpu() / math.log(2))
+    model.train(was)
+    return sums
+
+def val_bpb(model, # a causal LM returning `.logits` (with several processes: every process calls this)
             tokenizer, # the training tokenizer
             texts:dict[str, list[str]], # held-out texts per language
             seq_len:int=128, # window length
             batch_size:int=8,
            )->dict[str, float]:
-    "Bits per UTF-8 byte of held-out text, per language."
-    was, dev, eos = model.training, next(model.parameters()).device, tokenizer.eos_token_id
-    model.eval()
-    out = {}
-    for lang, tx in texts.items():
-        wins = []
-        for ids in tokenizer(tx, add_special_tokens=False)['input_ids']:
-            ids = [eos] + ids
-            wins += [ids[s:s + seq_len + 1] for s in range(0, len(ids) - 1, seq_len)]
-        wins.sort(key=len)
-        nll = 0.0
-        for i in range(0, len(wins), batch_size):
-            ws = wins[i:i + batch_size]; L = max(map(len, ws))
-            x = torch.tensor([w + [eos] * (L - len(w)) for w in ws], device=dev)
-            m = torch.tensor([[1] * len(w) + [0] * (L - len(w)) for w in ws], device=dev)[:, 1:]
-            logits = model(input_ids=x).logits[:, :-1].float()    # right padding: causal attention never sees it
-            l = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1), reduction='none')
-            nll += float((l * m.reshape(-1)).sum())
-        out[lang] = nll / (math.log(2) * sum(len(t.encode('utf-8', 'surrogatepass')) for t in tx))
-    model.train(was)
-    return out
+    "Bits per UTF-8 byte of held-out text, per language; with several processes each scores a share, then one all-reduce."
+    import torch.distributed as dist
+    rank, world = _dist()
+    dev = next(model.parameters()).device
+    def most(n):
+        t = torch.tensor([n], device=dev); dist.all_reduce(t, op=dist.ReduceOp.MAX); return int(t)
+    s = val_sums(model, tokenizer, texts, seq_len, batch_size, rank, world, most if world > 1 else None)
+    if world > 1: s = s.to(dev); dist.all_reduce(s); s = s.cpu()
+    return {l: float(s[0, i] / s[1, i]) for i, l in enumerate(texts)}
 
 # %% ../nbs/60_train.ipynb #333ffb31
 class CheckpointError(CompassError):
@@ -337,6 +365,49 @@ def list_checkpoints(ckpt_dir:str|Path)->list[tuple[int, Path]]:
     return sorted(cks)
 
 # %% ../nbs/60_train.ipynb #662d0683
+def is_sharded(model)->bool:
+    "Is `model` sharded with FSDP2 (`fully_shard`, applied by `fsdp_wrap` or by accelerate)?"
+    try: from torch.distributed.fsdp import FSDPModule
+    except ImportError: return False
+    return isinstance(model, FSDPModule)
+
+def _full(t):
+    "A DTensor's full value (a collective), or `t` itself."
+    return t.full_tensor() if hasattr(t, 'full_tensor') else t
+
+def _aliases(model)->list[list[str]]:
+    "Groups of parameter names that share one tensor (tied weights), each sorted."
+    by = defaultdict(list)
+    for n, p in model.named_parameters(remove_duplicate=False): by[id(p)].append(n)
+    return [sorted(v) for v in by.values() if len(v) > 1]
+
+def _gather_full(model, optimizer=None)->tuple[dict, dict|None]:
+    "Full model and optimizer state dicts of an FSDP model on rank 0, on the CPU (every rank must call; others get {})."
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict, StateDictOptions
+    o = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    msd = get_model_state_dict(model, options=o)
+    osd = get_optimizer_state_dict(model, getattr(optimizer, 'optimizer', optimizer), options=o) if optimizer is not None else None
+    for grp in _aliases(model):                        # store a tied weight once, under the name save_model keeps
+        for n in grp[1:]: msd.pop(n, None)
+    return msd, osd
+
+def _optim_names(model, optimizer)->list[str]:
+    "Parameter names in the optimizer's order (param_groups flattened)."
+    name = {id(p): n for n, p in model.named_parameters()}
+    return [name[id(p)] for g in getattr(optimizer, 'optimizer', optimizer).param_groups for p in g['params']]
+
+def _optim_by_name(osd:dict, names:list[str])->dict:
+    "An optimizer state dict keyed by parameter index -> keyed by parameter name (the form FSDP loads)."
+    return {'state': {names[i]: v for i, v in osd['state'].items()},
+            'param_groups': [{**g, 'params': [names[i] for i in g['params']]} for g in osd['param_groups']]}
+
+def _optim_by_index(osd:dict, names:list[str])->dict:
+    "The reverse of `_optim_by_name`."
+    idx = {n: i for i, n in enumerate(names)}
+    return {'state': {idx[n]: v for n, v in osd['state'].items()},
+            'param_groups': [{**g, 'params': [idx[n] for n in g['params']]} for g in osd['param_groups']]}
+
+# %% ../nbs/60_train.ipynb #42a01f26
 def save_checkpoint(ckpt_dir:str|Path, # e.g. run_dir/'checkpoints'
                     step:int, # global step (names the folder)
                     model, # the unwrapped model
@@ -347,7 +418,7 @@ def save_checkpoint(ckpt_dir:str|Path, # e.g. run_dir/'checkpoints'
                     keep_last:int|None=None, # delete older checkpoints beyond this many
                    )->Path:
     "Write `ckpt_dir/step_{step}` atomically (temp folder + rename) with a manifest of sizes and SHA-256."
-    from safetensors.torch import save_model
+    from safetensors.torch import save_model, save_file
     root = Path(ckpt_dir); final, tmp = root/f'step_{step}', root/f'.tmp-step_{step}'
     rank, main = (accelerator.process_index, accelerator.is_main_process) if accelerator else (0, True)
     wait = accelerator.wait_for_everyone if accelerator else (lambda: None)
@@ -358,9 +429,14 @@ def save_checkpoint(ckpt_dir:str|Path, # e.g. run_dir/'checkpoints'
     wait()
     torch.save(_rng_state(), tmp/f'rng_{rank}.pt'); done(tmp/f'rng_{rank}.pt')
     wait()
+    if is_sharded(model): msd, osd = _gather_full(model, optimizer)       # a collective: every rank takes part
     if main:
-        save_model(model, str(tmp/'model.safetensors')); done(tmp/'model.safetensors')
-        torch.save(optimizer.state_dict(), tmp/'optimizer.pt'); done(tmp/'optimizer.pt')
+        if is_sharded(model):
+            save_file(msd, str(tmp/'model.safetensors'), metadata={'format': 'pt'}); done(tmp/'model.safetensors')
+            torch.save(osd, tmp/'optimizer.pt'); done(tmp/'optimizer.pt')
+        else:
+            save_model(model, str(tmp/'model.safetensors')); done(tmp/'model.safetensors')
+            torch.save(optimizer.state_dict(), tmp/'optimizer.pt'); done(tmp/'optimizer.pt')
         (tmp/'state.json').write_text(json.dumps(state, indent=2)); done(tmp/'state.json')
         if config is not None: (tmp/'train_config.yaml').write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
         model.config.to_json_file(tmp/'config.json')
@@ -404,11 +480,24 @@ def load_checkpoint(path:str|Path, # a `step_N` folder
                     optimizer=None, # and its optimizer
                     rank:int=0, # this process's rank (its RNG state)
                    )->dict:
-    "Verify, then restore model, optimizer and RNG state; returns the training state."
-    from safetensors.torch import load_model
+    "Verify, then restore model, optimizer and RNG state (into a plain or an FSDP-sharded model); returns the training state."
+    from safetensors.torch import load_model, load_file
     p = Path(path); verify_checkpoint(p)
-    load_model(model, str(p/'model.safetensors'))
-    if optimizer is not None: optimizer.load_state_dict(torch.load(p/'optimizer.pt', weights_only=False))
+    osd = torch.load(p/'optimizer.pt', weights_only=False) if optimizer is not None else None
+    named = osd is not None and any(isinstance(k, str) for k in osd['state'])   # saved from an FSDP run
+    if is_sharded(model):
+        from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict, StateDictOptions
+        sd = load_file(str(p/'model.safetensors'))
+        for grp in _aliases(model):
+            for n in grp: sd.setdefault(n, sd[next(k for k in grp if k in sd)])
+        o = StateDictOptions(full_state_dict=True)
+        set_model_state_dict(model, sd, options=o)
+        if osd is not None:
+            set_optimizer_state_dict(model, getattr(optimizer, 'optimizer', optimizer),
+                                     osd if named else _optim_by_name(osd, _optim_names(model, optimizer)), options=o)
+    else:
+        load_model(model, str(p/'model.safetensors'))
+        if osd is not None: optimizer.load_state_dict(_optim_by_index(osd, _optim_names(model, optimizer)) if named else osd)
     rf = p/f'rng_{rank}.pt'
     if not rf.is_file(): log.warning("%s: no RNG state for rank %d; using rank 0's", p, rank); rf = p/'rng_0.pt'
     _set_rng_state(torch.load(rf, weights_only=False))
@@ -421,12 +510,29 @@ def expert_load_metrics(expert_load:torch.Tensor, # (moe_layers, experts) token 
     s = load_stats(expert_load)
     return {'load_max_mean': [round(float(x), 4) for x in s['max_over_mean']], 'load_cv': [round(float(x), 4) for x in s['cv']]}
 
-_PEAK_TFLOPS = {'H100': 989e12, 'H200': 989e12, 'A100': 312e12, 'L4': 121e12, 'A10': 125e12, '4090': 165e12}
 
-def _peak_flops()->float|None:
-    if not torch.cuda.is_available(): return None
-    n = torch.cuda.get_device_name()
-    return next((v for k, v in _PEAK_TFLOPS.items() if k in n), None)
+
+# %% ../nbs/60_train.ipynb #7f55a4b3
+PEAK_BF16_FLOPS = {'H100 PCIe': 756e12, 'H100 NVL': 835e12, 'H100': 989e12, 'H200': 989e12, 'B200': 2250e12,
+                   'A100': 312e12, 'L40S': 362e12, 'L4': 121e12, 'A10': 125e12, '4090': 165e12}  # dense, by name (first match)
+
+def peak_flops(device=None, # a torch device (CPU: None unless COMPASS_PEAK_FLOPS is set)
+              )->float|None:
+    "Dense bf16 peak FLOP/s of a GPU from its name; env `COMPASS_PEAK_FLOPS` overrides; None when unknown."
+    if os.environ.get('COMPASS_PEAK_FLOPS'): return float(os.environ['COMPASS_PEAK_FLOPS'])
+    dev = torch.device(device) if device is not None else torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    if dev.type != 'cuda': return None
+    n = torch.cuda.get_device_name(dev)
+    return next((v for k, v in PEAK_BF16_FLOPS.items() if k in n), None)
+
+def mfu(flops_per_token:float, # from `model_stats(...)['train_flops_per_token']`
+        tokens_per_s:float, # trained tokens per second, all processes together
+        n_devices:int=1, # GPUs the tokens were spread over
+        peak:float|None=None, # peak FLOP/s of one device (default: `peak_flops()`)
+       )->float|None:
+    "Model FLOPs utilization, between 0 and 1 (None when the peak is unknown, e.g. on a CPU)."
+    peak = peak or peak_flops()
+    return None if not peak else flops_per_token * tokens_per_s / (peak * n_devices)
 
 # %% ../nbs/60_train.ipynb #592bedc4
 class TrainingDiverged(CompassError):
@@ -441,12 +547,13 @@ def load_tokenizer(tokenizer)->'PreTrainedTokenizerFast':
     return tokenizer
 
 def make_accelerator(cfg:TrainConfig, run_dir:str|Path|None=None):
-    "An `Accelerator` for `cfg`: CPU when asked or when no GPU is present; bf16 on GPU when `mixed_precision='auto'`."
+    "An `Accelerator` for `cfg`: CPU when asked or no GPU is present; bf16 on GPU for `mixed_precision='auto'`; FSDP2 plugin for `distributed='fsdp'`."
     from accelerate import Accelerator
     cpu = cfg.cpu or not torch.cuda.is_available()
-    mp = 'no' if cpu else ('bf16' if cfg.mixed_precision == 'auto' and torch.cuda.is_bf16_supported() else
-                           ('no' if cfg.mixed_precision == 'auto' else cfg.mixed_precision))
+    if cfg.mixed_precision != 'auto': mp = cfg.mixed_precision      # 'bf16' on a CPU is allowed (autocast on the CPU)
+    else: mp = 'no' if cpu or not torch.cuda.is_bf16_supported() else 'bf16'
     kw = dict(log_with='tensorboard', project_dir=str(Path(run_dir)/'tensorboard')) if cfg.tensorboard and run_dir else {}
+    if cfg.distributed == 'fsdp' and not cpu: kw['fsdp_plugin'] = fsdp_plugin()
     return Accelerator(cpu=cpu, mixed_precision=mp, **kw)
 
 def build_model(cfg:TrainConfig, tokenizer)->CompassForCausalLM:
@@ -460,6 +567,43 @@ def _optimizer(model, cfg:TrainConfig, fused:bool):
     return torch.optim.AdamW([{'params': decay, 'weight_decay': cfg.weight_decay}, {'params': rest, 'weight_decay': 0.0}],
                              lr=cfg.stages[0].lr, betas=(cfg.beta1, cfg.beta2), fused=fused or None)
 
+# %% ../nbs/60_train.ipynb #c23e4081
+def fsdp_plugin(**kw):
+    "accelerate's FSDP2 plugin for Compass models: one shard unit per `DecoderLayer`, full state dicts."
+    from accelerate import FullyShardedDataParallelPlugin
+    return FullyShardedDataParallelPlugin(**{**dict(fsdp_version=2, auto_wrap_policy='transformer_based_wrap',
+        transformer_cls_names_to_wrap=['DecoderLayer'], reshard_after_forward=True, state_dict_type='FULL_STATE_DICT',
+        cpu_ram_efficient_loading=False), **kw})
+
+def fsdp_wrap(model, # a `CompassForCausalLM`, sharded in place
+              reshard_after_forward:bool=True, # free each layer's gathered weights after its forward (ZeRO-3)
+              mesh=None, # a 1-D DeviceMesh; None: all processes
+             ):
+    "Shard with FSDP2 like accelerate's plugin: each `DecoderLayer`, then embeddings + final norm + head, then the root."
+    from torch.distributed.fsdp import fully_shard
+    for layer in model.model.layers: fully_shard(layer, reshard_after_forward=reshard_after_forward, mesh=mesh)
+    emb, head = model.get_input_embeddings(), model.get_output_embeddings()
+    tied = emb.weight is head.weight
+    if not tied: fully_shard(emb, reshard_after_forward=reshard_after_forward, mesh=mesh)
+    fully_shard([model.model.norm, emb, head] if tied else [model.model.norm, head], reshard_after_forward=False, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    return model
+
+def distributed_mode(cfg:TrainConfig, acc)->str:
+    "'single', 'ddp', 'fsdp' (accelerate shards the model in `prepare`) or 'fsdp-own' (`train_stage` calls `fsdp_wrap`)."
+    from accelerate.utils import DistributedType
+    if acc.distributed_type == DistributedType.FSDP:
+        if getattr(acc.state.fsdp_plugin, 'fsdp_version', 1) != 2:
+            raise ConfigError("accelerate is configured for FSDP1; this project uses FSDP2: set fsdp_version: 2 in the "
+                              "accelerate config (see configs/fsdp_gpu.yaml)", 'distributed')
+        if cfg.distributed == 'ddp':
+            raise ConfigError("'ddp', but accelerate is configured for FSDP (accelerate launch --config_file ...); "
+                              "use 'fsdp' or 'auto'", 'distributed')
+        return 'fsdp'
+    if acc.num_processes == 1: return 'single'
+    env_fsdp = os.environ.get('ACCELERATE_USE_FSDP', '').lower() == 'true'     # accelerate's FSDP config on CPU processes
+    return 'fsdp-own' if cfg.distributed == 'fsdp' or (cfg.distributed == 'auto' and env_fsdp) else 'ddp'
+
 # %% ../nbs/60_train.ipynb #ed683341
 @torch.no_grad()
 def divergence_report(model, step:int, losses:dict, expert_load=None)->dict:
@@ -469,11 +613,12 @@ def divergence_report(model, step:int, losses:dict, expert_load=None)->dict:
         parts = n.split('.')
         key = '.'.join(parts[:3]) if 'layers' in parts else parts[-2] if len(parts) > 1 else n
         r = layers[key]
-        r['max_abs_weight'] = max(r['max_abs_weight'], float(p.detach().abs().nan_to_num(posinf=0, neginf=0).max()))
-        r['nonfinite_weights'] += int((~torch.isfinite(p)).sum())
-        if p.grad is not None:
-            r['nonfinite_grads'] += int((~torch.isfinite(p.grad)).sum())
-            r['grad_norm'] = math.hypot(r['grad_norm'], float(p.grad.nan_to_num().norm()))
+        w, g = _full(p.detach()), (_full(p.grad) if p.grad is not None else None)     # FSDP: gather each shard
+        r['max_abs_weight'] = max(r['max_abs_weight'], float(w.abs().nan_to_num(posinf=0, neginf=0).max()))
+        r['nonfinite_weights'] += int((~torch.isfinite(w)).sum())
+        if g is not None:
+            r['nonfinite_grads'] += int((~torch.isfinite(g)).sum())
+            r['grad_norm'] = math.hypot(r['grad_norm'], float(g.nan_to_num().norm()))
     return {'step': step, 'losses': losses, 'layers': dict(layers),
             'expert_load': None if expert_load is None else expert_load.tolist()}
 
@@ -523,8 +668,12 @@ def train_stage(cfg:TrainConfig|dict|str, # a `TrainConfig`, a dict of its field
     for s in cfg.stages:
         missing = sorted(set(s.mix) - {l for l, _ in packed.cells})
         if missing and main: log.warning("stage %s: mix names languages absent from the data: %s", s.name, missing)
+    mode = distributed_mode(cfg, acc)
+    if mode == 'single' and cfg.distributed == 'fsdp' and main: log.info("distributed='fsdp' with one process: nothing to shard")
     model = build_model(cfg, tok)
+    if mode == 'fsdp-own': fsdp_wrap(model)                  # CPU processes: accelerate would not shard (see above)
     opt = _optimizer(model, cfg, fused=acc.device.type == 'cuda')
+    if mode == 'fsdp': model, opt = acc.prepare(model, opt)  # accelerate shards here; the checkpoint loads into the shards
     start = dict(stage=0, step=0, global_step=0, tokens=0)
     ck = None
     if resume:
@@ -540,12 +689,23 @@ def train_stage(cfg:TrainConfig|dict|str, # a `TrainConfig`, a dict of its field
         keep = [r for r in _read_metrics(mpath) if r.get('global_step', 0) <= start['global_step']] if ck else []
         atomic_write_text(mpath, ''.join(json.dumps(r) + '\n' for r in keep))
         atomic_write_text(run_dir/'train_config.yaml', yaml.safe_dump(cfg.to_dict(), sort_keys=False, allow_unicode=True))
-    model, opt = acc.prepare(model, opt)
+    if mode == 'fsdp-own': opt = acc.prepare(opt)             # preparing the model would wrap the shards in DDP
+    elif mode != 'fsdp': model, opt = acc.prepare(model, opt)
     raw = acc.unwrap_model(model)
     if cfg.tensorboard: acc.init_trackers('train', config={'seed': cfg.seed, 'model': cfg.model})
     return _loop(cfg, acc, model, raw, opt, tok, packed, val, start, run_dir, stop_after, callback, plots)
 
 # %% ../nbs/60_train.ipynb #40a9f673
+@contextmanager
+def _no_sync(acc, model):
+    "Skip the gradient reduction of a micro-step (DDP: `no_sync`; FSDP2: `set_requires_gradient_sync(False)`)."
+    if not is_sharded(model):
+        with acc.no_sync(model): yield
+        return
+    model.set_requires_gradient_sync(False)
+    try: yield
+    finally: model.set_requires_gradient_sync(True)
+
 def _loop(cfg, acc, model, raw, opt, tok, packed, val, start, run_dir, stop_after, callback, plots)->dict:
     from tqdm.auto import tqdm
     main, world, rank = acc.is_main_process, acc.num_processes, acc.process_index
@@ -553,7 +713,7 @@ def _loop(cfg, acc, model, raw, opt, tok, packed, val, start, run_dir, stop_afte
     mb, A = cfg.micro_batch_size, cfg.grad_accum
     G = mb * A * world                                           # blocks per optimizer step
     gstep, tokens, status, last_val, t_start = start['global_step'], start['tokens'], 'done', {}, time.perf_counter()
-    flops_tok, peak = None, _peak_flops()
+    flops_tok, peak = None, peak_flops(acc.device)
     mfile = open(mpath, 'a') if main else None
     total = sum(s.steps for s in cfg.stages)
     bar = tqdm(total=total, initial=gstep, desc='train', dynamic_ncols=True, disable=not main or bool(os.environ.get('TQDM_DISABLE')))
@@ -584,14 +744,15 @@ def _loop(cfg, acc, model, raw, opt, tok, packed, val, start, run_dir, stop_afte
                     for a in range(A):
                         rows = plan[step * G + (a * world + rank) * mb: step * G + (a * world + rank + 1) * mb]
                         x = packed.batch(rows, st.seq_len).to(acc.device)
-                        sync = acc.no_sync(model) if (a < A - 1 and world > 1) else nullcontext()
+                        sync = _no_sync(acc, model) if (a < A - 1 and world > 1) else nullcontext()
                         with sync, acc.autocast():
                             out = model(input_ids=x, labels=x)
                         acc.backward(out.loss / A)
                         sums[:4] += torch.stack([out.loss, out.lm_loss, out.aux_loss, out.z_loss]).detach().float() / A
                         if out.expert_load is not None: load = out.expert_load if load is None else load + out.expert_load
                     if cfg.grad_clip > 0: gn = acc.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                    else: gn = torch.norm(torch.stack([p.grad.norm() for p in model.parameters() if p.grad is not None]))
+                    else: gn = torch.nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None])
+                    gn = _full(gn)                                     # FSDP: the norm of the sharded gradients
                     sums[4] = float(stop.hit)
                     red = acc.reduce(sums, 'sum') if world > 1 else sums
                     loss, lm, aux, z = (float(v) / world for v in red[:4])
@@ -616,8 +777,8 @@ def _loop(cfg, acc, model, raw, opt, tok, packed, val, start, run_dir, stop_afte
                         dt = time.perf_counter() - t_log
                         r = dict(global_step=gstep, stage=st.name, step=step + 1, tokens=tokens, loss=loss, lm_loss=lm,
                                  aux_loss=aux, z_loss=z, lr=lr, grad_norm=gn, tokens_per_s=round(tok_log / max(dt, 1e-9), 1))
-                        if peak: r['mfu'] = round(flops_tok * tok_log / max(dt, 1e-9) / (peak * world), 4)
-                        if load is not None: r.update(expert_load_metrics(load))
+                        if peak: r['mfu'] = round(mfu(flops_tok, tok_log / max(dt, 1e-9), world, peak), 4)
+                        if load is not None: r.update(expert_load_metrics(acc.reduce(load, 'sum') if world > 1 else load))
                         if (cfg.eval_every and gstep % cfg.eval_every == 0) or end_stage:
                             last_val = val_bpb(raw, tok, val, st.seq_len)
                             r['val_bpb'] = {k: round(v, 5) for k, v in last_val.items()}
@@ -638,6 +799,16 @@ def _loop(cfg, acc, model, raw, opt, tok, packed, val, start, run_dir, stop_afte
     return _finish(cfg, acc, raw, tok, run_dir, status, gstep, tokens, last_val, time.perf_counter() - t_start, plots)
 
 # %% ../nbs/60_train.ipynb #3e09de32
+def _unsharded_copy(model, full_state:dict):
+    "A plain `CompassForCausalLM` holding `full_state` (FSDP's gathered weights), so `save_pretrained` writes a normal folder."
+    import copy
+    with torch.device('meta'): plain = CompassForCausalLM(copy.deepcopy(model.config))
+    sd = dict(full_state)
+    for grp in _aliases(plain):
+        for n in grp: sd.setdefault(n, sd[next(k for k in grp if k in sd)])
+    plain.load_state_dict(sd, assign=True, strict=True); plain.tie_weights()
+    return plain
+
 def _finish(cfg, acc, raw, tok, run_dir, status, gstep, tokens, last_val, secs, plots)->dict:
     main = acc.is_main_process
     recs = _read_metrics(run_dir/'metrics.jsonl') if main else []
@@ -645,10 +816,11 @@ def _finish(cfg, acc, raw, tok, run_dir, status, gstep, tokens, last_val, secs, 
                    final_loss=next((r['lm_loss'] for r in reversed(recs) if 'lm_loss' in r), None),
                    val_bpb=last_val, checkpoint=str(list_checkpoints(run_dir/'checkpoints')[-1][1]) if list_checkpoints(run_dir/'checkpoints') else None,
                    peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1))
+    full = _gather_full(raw)[0] if status == 'done' and is_sharded(raw) else None   # FSDP: every rank takes part
     if status == 'done' and main:
         tmp, final = run_dir/'.tmp-model', run_dir/'model'
         shutil.rmtree(tmp, ignore_errors=True)
-        raw.save_pretrained(tmp); tok.save_pretrained(tmp)
+        (raw if full is None else _unsharded_copy(raw, full)).save_pretrained(tmp); tok.save_pretrained(tmp)
         shutil.rmtree(final, ignore_errors=True); os.rename(tmp, final)
         summary['model_dir'] = str(final)
     if main and plots and recs:
@@ -662,6 +834,35 @@ def _finish(cfg, acc, raw, tok, run_dir, status, gstep, tokens, last_val, secs, 
     if cfg.tensorboard: acc.end_training()
     acc.wait_for_everyone()
     return summary
+
+# %% ../nbs/60_train.ipynb #bb401d22
+def measure_throughput(tokenizer, # a tokenizer folder or object (its vocab is padded to the preset's)
+                       preset:str='gpu-small', # a `TRAIN_PRESETS` name
+                       steps:int=20, # optimizer steps to run
+                       warmup:int=5, # steps left out of the medians
+                       data=None, # see `load_docs` (None: the synthetic corpus)
+                       run_dir:str|Path|None=None, # default: a temporary folder
+                       **overrides, # `TrainConfig` fields to change
+                      )->dict:
+    "Median tokens/s and MFU of `steps` steps of `preset`'s first stage after `warmup` steps, and peak memory."
+    import tempfile
+    if steps <= warmup: raise ConfigError(f"must be > warmup={warmup}, got {steps}", 'steps')
+    cfg = train_config(preset, **overrides)
+    vocab = MODEL_PRESETS[cfg.model].get('vocab_size', 0)
+    st = cfg.stages[0].replace(steps=steps, warmup_steps=min(cfg.stages[0].warmup_steps, steps))
+    cfg = cfg.replace(stages=[st], log_every=1, save_every=10**9, eval_every=0, keep_last=1,
+                      model_overrides={'vocab_size': vocab, **cfg.model_overrides})
+    run_dir = Path(run_dir or tempfile.mkdtemp(prefix='compass-throughput-'))
+    cuda = torch.cuda.is_available() and not cfg.cpu
+    if cuda: torch.cuda.reset_peak_memory_stats()
+    s = train_stage(cfg, run_dir, tokenizer, data, resume=False, plots=False)
+    recs = _read_metrics(run_dir/'metrics.jsonl')[warmup:]
+    med = lambda k: float(np.median([r[k] for r in recs])) if recs and all(k in r for r in recs) else None
+    return dict(device=torch.cuda.get_device_name() if cuda else 'cpu', preset=preset, steps=steps,
+                tokens_per_step=cfg.micro_batch_size * cfg.grad_accum * st.seq_len, tokens_per_s=med('tokens_per_s'), mfu=med('mfu'),
+                flops_per_token=model_stats(cfg.model_config(vocab), st.seq_len)['train_flops_per_token'],
+                peak_mb=round(torch.cuda.max_memory_allocated() / 2**20, 1) if cuda else s['peak_rss_mb'],
+                final_loss=s['final_loss'], run_dir=str(run_dir))
 
 # %% ../nbs/60_train.ipynb #fa6fc2ae
 def _stage_bands(ax, recs):

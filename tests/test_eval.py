@@ -192,3 +192,27 @@ def test_lm_eval_yaml_renders_like_ours():
             tg = y['doc_to_target']
             assert int(apply_template(tg, it) if '{{' in tg else it[tg]) == g
             assert (ast.literal_eval(apply_template(y['doc_to_choice'], it)) if isinstance(y['doc_to_choice'], str) else y['doc_to_choice']) == ch
+
+def _bench_mvd():
+    import importlib.util, pathlib
+    p = pathlib.Path(__file__).parent.parent/'bench'/'moe_vs_dense.py'
+    s = importlib.util.spec_from_file_location('moe_vs_dense', p); m = importlib.util.module_from_spec(s); s.loader.exec_module(m)
+    return m
+
+@pytest.mark.parametrize('ov', [None, {}, dict(n_routed_experts=32, moe_intermediate_size=64, num_experts_per_tok=8, n_shared_experts=4),
+                                dict(first_k_dense=0, n_shared_experts=1, num_experts_per_tok=5)])
+def test_moe_vs_dense_twin_matches_active_params(ov):
+    "The bench's dense twin has the MoE's active parameters exactly, router weights aside, and fewer in total."
+    from compass_nbdev.model import model_stats
+    b = _bench_mvd()
+    ov = dict(b.MOE_OVERRIDES) if ov is None else ov
+    moe = CompassConfig.from_preset('laptop', **ov)
+    dense = CompassConfig.from_preset('laptop-dense', **b.dense_twin_overrides('laptop', ov))
+    sm, sd = model_stats(moe), model_stats(dense)
+    n_moe_layers = sum(moe.is_moe_layer(i) for i in range(moe.num_hidden_layers))
+    assert n_moe_layers > 0 and dense.n_routed_experts == 0
+    test_router = moe.hidden_size * moe.n_routed_experts * n_moe_layers
+    assert sm['active'] - test_router == sd['active']
+    assert sm['total'] > sd['total']
+    for k in ('hidden_size', 'num_hidden_layers', 'num_attention_heads', 'vocab_size', 'tie_word_embeddings'):
+        assert getattr(moe, k) == getattr(dense, k), k

@@ -206,6 +206,22 @@ def test_experts_weights_in_another_dtype():
         assert rel_err(a.cpu(), b) < TOL[torch.float16]
 
 
+def test_experts_under_autocast_run_in_the_autocast_dtype():
+    "fp32 residual stream under autocast: the experts compute in the autocast dtype, and gradients reach fp32 leaves."
+    (x, ids, w, wgu, wd), gout = make_problem(7, 96, 4, 2, 32, torch.float32, seed=3)
+    leaves = [t.to(DEV).requires_grad_() for t in (x, wgu, wd)]
+    dev = "cuda" if DEV == "cuda" else "cpu"
+    with torch.autocast(dev, dtype=torch.float16):
+        out = kernels.triton_experts(leaves[0], ids.to(DEV), w.to(DEV), leaves[1], leaves[2])
+    assert out.dtype == torch.float16
+    grads = torch.autograd.grad(out, leaves, gout.half().to(DEV))
+    assert [g.dtype for g in grads] == [torch.float32] * 3
+    ref_leaves = [t.half().float().requires_grad_() for t in (x, wgu, wd)]
+    ref = moe.experts_grouped(ref_leaves[0], ids, w, *ref_leaves[1:])
+    ref_grads = torch.autograd.grad(ref, ref_leaves, gout.half().float())
+    for a, b in zip([out, *grads], [ref, *ref_grads]):
+        assert rel_err(a.cpu(), b) < TOL[torch.float16]
+
 def test_registered_as_triton():
     assert moe.get_experts_impl("triton") is kernels.triton_experts
 

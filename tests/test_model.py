@@ -149,3 +149,75 @@ def test_moe_impl_switch_keeps_logits(tiny):
         alt = tiny(x).logits
         for m in tiny.moe_layers(): m.impl = 'auto'
     torch.testing.assert_close(alt, ref, atol=1e-5, rtol=1e-4)
+
+# --- hand-written backwards of the CPU fast path (issue #4 rerun) ---
+import torch.nn.functional as F
+from compass_nbdev.model import RMSNorm, apply_rope, rope_cos_sin, _CrossEntropyFn
+
+def test_lm_loss_matches_torch_cross_entropy(tiny):
+    x = torch.randint(0, 512, (2, 11)); x[1, 7:] = 0
+    labels = x.clone(); labels[1, 7:] = -100                      # padding ignored
+    tiny.train()
+    out = tiny(x, labels=labels)
+    shifted = F.pad(labels[:, 1:], (0, 1), value=-100)
+    ref = F.cross_entropy(out.logits.reshape(-1, 512).float(), shifted.reshape(-1), ignore_index=-100)
+    torch.testing.assert_close(out.lm_loss, ref)
+    tiny.eval()
+
+@pytest.mark.parametrize('dtype', [torch.float64, torch.float32, torch.bfloat16])
+def test_cross_entropy_fn_value_and_grad(dtype):
+    g = torch.Generator().manual_seed(1)
+    lg = (torch.randn(9, 37, generator=g) * 3).to(dtype).requires_grad_()
+    tg = torch.randint(0, 37, (9,), generator=g); tg[[2, 5]] = -100
+    ours = _CrossEntropyFn.apply(lg, tg, -100)
+    ref = F.cross_entropy(lg.float(), tg, ignore_index=-100)
+    (go,) = torch.autograd.grad(ours * 2.5, lg)
+    (gr,) = torch.autograd.grad(ref * 2.5, lg)
+    tol = dict(atol=1e-2, rtol=1e-2) if dtype == torch.bfloat16 else {}
+    assert go.dtype == dtype and go[[2, 5]].abs().max() == 0
+    torch.testing.assert_close(ours.float(), ref.float(), **tol)
+    torch.testing.assert_close(go.float(), gr.float(), **tol)
+
+def test_cross_entropy_fn_second_backward_and_all_ignored():
+    lg = torch.randn(4, 5, requires_grad=True)
+    loss = _CrossEntropyFn.apply(lg, torch.tensor([0, 1, 2, 3]), -100)
+    loss.backward(retain_graph=True); g1 = lg.grad.clone()
+    loss.backward()                                               # retain_graph works: the saved buffer is untouched
+    torch.testing.assert_close(lg.grad, 2 * g1)
+    assert torch.isnan(_CrossEntropyFn.apply(lg, torch.full((4,), -100), -100))   # like F.cross_entropy: 0/0
+
+@pytest.mark.parametrize('shape', [(3, 5, 16), (2, 7, 3, 8)])
+def test_rmsnorm_backward_matches_autograd(shape):
+    torch.manual_seed(0)
+    x = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+    nrm = RMSNorm(shape[-1]).double(); torch.nn.init.normal_(nrm.weight)
+    ours = nrm(x)
+    ref = F.rms_norm(x, (shape[-1],), nrm.weight, nrm.eps)
+    torch.testing.assert_close(ours, ref)
+    go = torch.randn_like(ours)
+    for a, b in zip(torch.autograd.grad(ours, (x, nrm.weight), go), torch.autograd.grad(ref, (x, nrm.weight), go)):
+        torch.testing.assert_close(a, b)
+    with torch.no_grad(): torch.testing.assert_close(nrm(x), ref)   # the inference path (F.rms_norm) agrees
+
+def test_rmsnorm_bf16_and_noncontiguous():
+    torch.manual_seed(0)
+    base = torch.randn(2, 5, 6, 8)
+    x = base[:, :, :4].to(torch.bfloat16).requires_grad_()       # a strided view, as the q/k heads are
+    nrm = RMSNorm(8).to(torch.bfloat16)
+    y = nrm(x); y.float().square().sum().backward()
+    assert y.dtype == torch.bfloat16 and x.grad.dtype == torch.bfloat16 and nrm.weight.grad.dtype == torch.bfloat16
+    torch.testing.assert_close(y.float(), F.rms_norm(x.detach().float(), (8,), None, nrm.eps), atol=2e-2, rtol=2e-2)
+
+def test_rope_matches_textbook_formula_and_gradcheck():
+    torch.manual_seed(0)
+    cos, sin = rope_cos_sin(torch.arange(7)[None].expand(2, 7), 12, 1e4, torch.float64)
+    x = torch.randn(2, 3, 7, 12, dtype=torch.float64, requires_grad=True)
+    x1, x2 = x.chunk(2, -1)
+    ref = x * cos + torch.cat([-x2, x1], -1) * sin
+    ours = apply_rope(x, cos, sin)
+    torch.testing.assert_close(ours, ref)
+    go = torch.randn_like(ref)
+    torch.testing.assert_close(torch.autograd.grad(ours, x, go)[0], torch.autograd.grad(ref, x, go)[0])
+    # with general (unequal-halves) tables too, the backward is the exact transpose
+    c2, s2 = torch.randn(1, 1, 7, 12, dtype=torch.float64), torch.randn(1, 1, 7, 12, dtype=torch.float64)
+    assert torch.autograd.gradcheck(lambda t: apply_rope(t, c2, s2), (x.detach()[:1, :1].clone().requires_grad_(),))

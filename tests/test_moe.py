@@ -107,3 +107,45 @@ def test_moe_module_impls_agree_and_shared():
     for a, b in zip(outs['loop'], outs['grouped']): torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
     assert aux['counts'].sum() == 2 * 7 * 2 and m.shared.down.in_features == 16
     with pytest.raises(ConfigError, match='num_experts_per_tok'): CompassMoE(16, 8, n_experts=3, k=4)
+
+# --- the CPU fast path (issue #4 rerun): inverse-permutation gathers and F.grouped_mm ---
+from compass_nbdev.moe import _sort_by_expert, _unsort_sum, _gmm, _gmm_wgrad, _grouped_mm_ok
+
+@pytest.mark.parametrize('T,E,k', [(1, 4, 2), (13, 7, 3), (64, 32, 4)])
+def test_sort_inverse_permutation(T, E, k):
+    ids = torch.stack([torch.randperm(E, generator=torch.Generator().manual_seed(t))[:k] for t in range(T)])
+    order, inv, tok, counts = _sort_by_expert(ids, E)
+    flat = ids.reshape(-1)
+    assert torch.equal(order[inv], torch.arange(T * k)) and torch.equal(inv[order], torch.arange(T * k))
+    assert (flat[order].diff() >= 0).all() and counts == torch.bincount(flat, minlength=E).tolist()
+    assert torch.equal(tok, order // k)
+    ys = torch.randn(T * k, 5, dtype=torch.float64)
+    ref = torch.zeros(T, 5, dtype=torch.float64).index_add_(0, tok, ys)      # the scatter it replaces
+    torch.testing.assert_close(_unsort_sum(ys, inv, k), ref)
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize('K,N', [(32, 48), (10, 6), (8, 16)])
+def test_gmm_paths_match_per_group_mm(dtype, K, N):
+    g = torch.Generator().manual_seed(K * N)
+    counts = [3, 0, 5, 1, 0]                                   # empty groups in the middle and at the end
+    a, gr = torch.randn(9, K, generator=g).to(dtype), torch.randn(9, N, generator=g).to(dtype)
+    b = torch.randn(5, K, N, generator=g).to(dtype)
+    ends = torch.tensor(counts).cumsum(0).tolist(); starts = [e - c for e, c in zip(ends, counts)]
+    ref = torch.cat([a[s:e] @ b[i] for i, (s, e) in enumerate(zip(starts, ends)) if e > s])
+    refw = torch.stack([a[s:e].t() @ gr[s:e] for s, e in zip(starts, ends)])
+    tol = dict(atol=2e-2, rtol=2e-2) if dtype == torch.bfloat16 else {}
+    torch.testing.assert_close(_gmm(a, b, counts), ref, **tol)
+    torch.testing.assert_close(_gmm(a, b.transpose(1, 2).contiguous(), counts, trans_b=True), ref, **tol)
+    w = _gmm_wgrad(a, gr, counts, 5)
+    torch.testing.assert_close(w, refw, **tol)
+    assert w[1].abs().max() == 0 and w[4].abs().max() == 0   # no rows, zero gradient (never uninitialised memory)
+
+def test_grouped_mm_ok_rules():
+    assert _grouped_mm_ok(torch.randn(4, 8), torch.randn(2, 8, 4)) == hasattr(F, 'grouped_mm')
+    assert not _grouped_mm_ok(torch.randn(4, 10))              # 40-byte rows: not 16-byte aligned
+    assert not _grouped_mm_ok(torch.randn(4, 8, dtype=torch.float64))
+
+def test_grouped_is_deterministic():
+    x, ids, w, wgu, wd, gout = _make(50, 16, 8, 6, 3, torch.float32, 7)
+    a, b = _run(experts_grouped, x, ids, w, wgu, wd, gout), _run(experts_grouped, x, ids, w, wgu, wd, gout)
+    for p, q in zip(a, b): assert torch.equal(p, q)

@@ -9,7 +9,8 @@ from compass_nbdev.synthetic import synthetic_corpus
 from compass_nbdev.tokenizer import (TokenizerConfig, SPECIAL_TOKENS, RESERVED_TOKENS, MIN_VOCAB, train_bpe, merge_bpe,
                                      bpe_parts, apply_merges, to_hf, sanitize_text, train_tokenizer, save_tokenizer,
                                      group_texts, train_tokenizer_stage, eval_tokenizer_stage, headline, load_peers,
-                                     token_counter, show_split)
+                                     token_counter, show_split, CHAR_SETS, char_set, _packaged_chat_template)
+import compass_nbdev.tokenizer as tkmod
 
 SYN = synthetic_corpus(60, seed=0)
 TEXTS = [r['text'] for r in SYN]
@@ -177,3 +178,79 @@ def test_peers_offline():
     peers = load_peers(['qwen'])
     assert peers['qwen'](["Hello world"]) == 2
     with pytest.raises(ConfigError, match='allowed: qwen'): load_peers(['llama'])
+
+
+# Character coverage: every character of a named set becomes one token, right after the base tokenizer.
+def test_char_sets():
+    assert [len(char_set(n)) for n in CHAR_SETS] == [3755, 3008, 5401]
+    assert len(set(char_set('gb2312-1'))) == 3755 and '的' in char_set('gb2312-1') and '們' in char_set('big5-1')
+    with pytest.raises(ConfigError, match="char_sets: unknown character set 'gbk'"): char_set('gbk')
+    with pytest.raises(ConfigError) as e: TokenizerConfig.from_dict({'char_sets': ['gb2312-1', 'utf8']})
+    assert e.value.where == 'char_sets' and 'allowed: gb2312-1, gb2312-2, big5-1' in str(e.value)
+    assert TokenizerConfig.preset('compass-v2').char_sets == ['gb2312-1']
+
+@pytest.fixture(scope='module')
+def covered():
+    gen, zh = train_bpe(TEXTS, 700), train_bpe([r['text'] for r in SYN if r['lang'] == 'zh'] * 3, 500)
+    chars = char_set('gb2312-1')[:300] + char_set('big5-1')[:100]
+    merged, stats = merge_bpe({'general': gen, 'zh': zh}, 2000, chars=chars)
+    return gen, merged, stats, chars
+
+def test_merge_covers_chars(covered):
+    gen, merged, stats, chars = covered
+    assert all(len(merged.encode(c, add_special_tokens=False).ids) == 1 for c in chars)
+    assert stats['chars']['added'] >= len(chars) - stats['chars']['present'] and stats['zh']['added'] > 0
+    assert merged.get_vocab_size() <= 2000
+    v = merged.get_vocab(); assert sorted(v.values()) == list(range(len(v)))
+    few, st2 = merge_bpe({'general': gen}, 800, chars=chars)  # the cap wins over coverage
+    assert 797 <= few.get_vocab_size() <= 800 and st2['chars']['added'] == few.get_vocab_size() - gen.get_vocab_size()
+
+@FAST
+@given(s=mixed)
+def test_covered_merge_never_worse_and_matches_reference(covered, s):
+    gen, merged, _, _ = covered
+    gen, merged = Tokenizer.from_str(gen.to_str()), Tokenizer.from_str(merged.to_str())
+    gen.encode_special_tokens = merged.encode_special_tokens = True
+    assert len(merged.encode(s, add_special_tokens=False).ids) <= len(gen.encode(s, add_special_tokens=False).ids)
+    assert merged.decode(merged.encode(s, add_special_tokens=False).ids) == s
+    ranks = {m: i for i, m in enumerate(bpe_parts(merged)[1])}
+    for chunk, _ in merged.pre_tokenizer.pre_tokenize_str(s):
+        assert apply_merges(chunk, ranks) == [t.value for t in merged.model.tokenize(chunk)]
+
+def test_max_token_length_is_inclusive_bytes():
+    for n in (4, 6):
+        tok = train_bpe(TEXTS, 800, max_token_length=n)
+        assert max(len(t) for t in tok.get_vocab() if t not in SPECIAL_TOKENS) == n  # byte-level: one char per byte
+
+# Chat template (helper H9's asset, compass_nbdev/assets/chat_template.jinja) embedded by to_hf/save_tokenizer.
+TINY_TEMPLATE = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+
+def test_save_embeds_chat_template(trained, tmp_path, monkeypatch):
+    "The wiring, whether or not the asset exists: whatever the package ships ends up in the saved folder."
+    from transformers import AutoTokenizer
+    monkeypatch.setattr(tkmod, '_packaged_chat_template', lambda: TINY_TEMPLATE)
+    tok = to_hf(trained.subs['general'])
+    assert tok.chat_template == TINY_TEMPLATE
+    tok.chat_template = None  # save_tokenizer adds it too
+    at = AutoTokenizer.from_pretrained(save_tokenizer(tok, tmp_path/'tok'))
+    assert at.chat_template == TINY_TEMPLATE
+    msgs = [{'role': 'user', 'content': 'hi <think>'}]
+    text = at.apply_chat_template(msgs, tokenize=False)
+    assert text == "<|im_start|>user\nhi <think><|im_end|>\n"
+    assert not set(at(text)['input_ids']) & set(range(len(SPECIAL_TOKENS)))  # plain text stays plain
+    assert at(text, split_special_tokens=False)['input_ids'].count(3) == 1
+    monkeypatch.setattr(tkmod, '_packaged_chat_template', lambda: None)
+    bare = save_tokenizer(to_hf(trained.subs['general']), tmp_path/'bare')
+    assert AutoTokenizer.from_pretrained(bare).chat_template is None
+
+@pytest.mark.skipif(_packaged_chat_template() is None, reason='compass_nbdev/assets/chat_template.jinja not present')
+def test_shipped_chat_template(hf, tmp_path):
+    from transformers import AutoTokenizer
+    at = AutoTokenizer.from_pretrained(save_tokenizer(hf, tmp_path/'tok'))
+    assert at.chat_template == _packaged_chat_template()
+    msgs = [{'role': 'user', 'content': 'Xin chào <think>'}]
+    on, off = (at.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True, enable_thinking=e) for e in (True, False))
+    assert 'Xin chào <think>' in on and '<|im_start|>' in on and on != off
+    ids = at.apply_chat_template(msgs, add_generation_prompt=True, enable_thinking=False, return_dict=False,
+                                 tokenizer_kwargs={'split_special_tokens': False})
+    assert 3 in ids and 4 in ids and at.decode(ids) == off

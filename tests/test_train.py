@@ -1,4 +1,4 @@
-"Training: config validation, packing, schedule, bits/byte, exact resume, atomic checkpoints (SIGKILL mid-save), NaN stop, Ctrl-C, 2 processes."
+"Training: config validation, packing, schedule, bits/byte, exact resume, atomic checkpoints (SIGKILL mid-save), NaN stop, Ctrl-C, 2 processes (DDP, FSDP2, sharded validation), MFU/FLOPs."
 import json, math, os, signal, socket, subprocess, sys, textwrap, time
 from pathlib import Path
 import pytest, torch, yaml
@@ -294,3 +294,210 @@ def test_load_train_config_from_file_preset_and_overrides(tmp_path):
     assert T.load_train_config(None) == train_config('laptop') and T.load_train_config('tiny') == train_config('tiny')
     f.write_text('preset = "tiny"\n[train]\nwarmup = 3\n')
     with pytest.raises(ConfigError, match='^warmup: unknown key'): T.load_train_config(f)
+
+# ---------- FSDP (2 CPU processes, gloo) and sharded validation ----------
+def _torchrun(tmp_path, body, timeout=600):
+    f = _script(tmp_path, body)
+    r = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2', '--master_addr', '127.0.0.1',
+                        '--master_port', str(_free_port()), str(f)], env=_env(), capture_output=True, text=True, timeout=timeout)
+    assert r.returncode == 0, r.stderr[-4000:]
+    return r
+
+def test_fsdp_two_processes_match_one_and_resume_exactly(tmp_path, tok_dir, data_file):
+    "FSDP2 over 2 gloo processes = 1 process with the same global batch; stop + resume under FSDP is bit exact."
+    cfg = {**SMALL, 'stages': SMALL['stages'][:1], 'save_every': 100, 'model_overrides': {'balance': 'aux_free', 'bias_update_rate': 0.01}}
+    full, part, out = tmp_path/'fsdp_full', tmp_path/'fsdp_part', tmp_path/'fsdp.json'
+    _torchrun(tmp_path, f"""
+        import json, yaml, torch, torch.distributed as dist
+        from torch.distributed.tensor import DTensor
+        import compass_nbdev.train as T
+        cfg = {{**yaml.safe_load({yaml.safe_dump(cfg)!r}), 'distributed': 'fsdp'}}
+        seen = {{}}
+        def look(info, model): seen['model'] = model
+        T.train_stage(cfg, {str(full)!r}, {str(tok_dir)!r}, {str(data_file)!r}, plots=False, callback=look)
+        m = seen['model']; w = m.model.layers[1].attn.qkv.weight
+        assert T.is_sharded(m) and isinstance(w, DTensor) and w.to_local().shape[0] * 2 == w.shape[0], 'not sharded'
+        bias = [l.ffn.balance_bias.tolist() for l in m.model.layers if l.is_moe]
+        biases = [None, None]; dist.all_gather_object(biases, bias)
+        s1 = T.train_stage(cfg, {str(part)!r}, {str(tok_dir)!r}, {str(data_file)!r}, plots=False, stop_after=3)
+        s2 = T.train_stage(cfg, {str(part)!r}, {str(tok_dir)!r}, {str(data_file)!r}, plots=False)
+        if dist.get_rank() == 0:
+            open({str(out)!r}, 'w').write(json.dumps(dict(biases=biases, status=[s1['status'], s2['status']], val=s2['val_bpb'])))
+    """)
+    res = json.loads(out.read_text())
+    assert res['status'] == ['stopped', 'done']
+    same_losses(part, full)                                             # FSDP: stop at 3, resume = uninterrupted, bit for bit
+    a, b = state(full/'checkpoints'/'step_6'), state(part/'checkpoints'/'step_6')
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    one = tmp_path/'one'                                                # 1 process x 2 micro-steps = 2 FSDP processes x 1
+    s = train_stage({**cfg, 'grad_accum': 2}, one, tok_dir, data_file, plots=False)
+    x, y = _read_metrics(one/'metrics.jsonl'), _read_metrics(full/'metrics.jsonl')
+    assert [r['global_step'] for r in x] == [r['global_step'] for r in y] == list(range(1, 7))
+    for p, q in zip(x, y):
+        assert p['tokens'] == q['tokens'] and p['loss'] == pytest.approx(q['loss'], rel=1e-5)    # seen: 1e-7
+        assert p['grad_norm'] == pytest.approx(q['grad_norm'], rel=1e-5)
+        assert p['load_max_mean'] == q['load_max_mean']                  # expert load summed over the ranks
+    b0, b1 = res['biases']
+    assert b0 == b1                                                     # aux-free bias: the same on both ranks
+    sa, sb = state(one/'checkpoints'/'step_6'), state(full/'checkpoints'/'step_6')
+    assert sa.keys() == sb.keys() and all(torch.allclose(sa[k], sb[k], atol=2e-5, rtol=1e-4) for k in sa)
+    assert torch.tensor(b0).allclose(torch.stack([sa[k] for k in sorted(sa) if k.endswith('balance_bias')]), atol=1e-6)
+    assert res['val'] == pytest.approx(s['val_bpb'], rel=1e-5)
+    m = CompassForCausalLM.from_pretrained(full/'model')                # the final model is a normal save_pretrained folder
+    ref = CompassForCausalLM.from_pretrained(one/'model')
+    assert m.lm_head.weight is m.model.embed_tokens.weight or torch.equal(m.lm_head.weight, m.model.embed_tokens.weight)
+    for (k, v), (k2, v2) in zip(m.state_dict().items(), ref.state_dict().items()):
+        assert k == k2 and torch.allclose(v, v2, atol=2e-5, rtol=1e-4), k
+    assert json.loads((full/'model'/'config.json').read_text())['architectures'] == ['CompassForCausalLM']
+    c = TrainConfig.from_dict({**cfg, 'grad_accum': 2})                # an FSDP checkpoint resumes in one process
+    pm = T.build_model(c, PreTrainedTokenizerFast.from_pretrained(tok_dir)); po = T._optimizer(pm, c, fused=False)
+    assert load_checkpoint(full/'checkpoints'/'step_6', pm, po)['global_step'] == 6
+    ref_opt = torch.load(one/'checkpoints'/'step_6'/'optimizer.pt', weights_only=False)['state']
+    got = po.state_dict()['state']
+    assert set(got) == set(ref_opt) and all(torch.allclose(got[i]['exp_avg'], ref_opt[i]['exp_avg'], atol=1e-6, rtol=1e-3) for i in got)
+
+def test_fsdp_through_accelerates_own_prepare(tmp_path, tok_dir, data_file):
+    "The GPU path: accelerate's FSDP2 `prepare` shards the model (forced on CPU here), stop + resume, same losses as 1 process."
+    cfg = {**SMALL, 'stages': SMALL['stages'][:1], 'save_every': 100}
+    run, out = tmp_path/'acc', tmp_path/'acc.json'
+    _torchrun(tmp_path, f"""
+        import json, yaml, torch.distributed as dist
+        from accelerate import Accelerator
+        from accelerate.utils import DistributedType
+        import compass_nbdev.train as T
+        cfg, acc, seen = yaml.safe_load({yaml.safe_dump(cfg)!r}), Accelerator(cpu=True), {{}}
+        def as_on_gpus():   # what accelerate sets up with GPUs and an FSDP config; it ignores FSDP for CPU processes
+            acc.state.distributed_type, acc.state.fsdp_plugin = DistributedType.FSDP, T.fsdp_plugin()
+            assert T.distributed_mode(T.TrainConfig.from_dict(cfg), acc) == 'fsdp'
+        def look(info, model): seen['sharded'] = T.is_sharded(model)
+        as_on_gpus(); s1 = T.train_stage(cfg, {str(run)!r}, {str(tok_dir)!r}, {str(data_file)!r}, plots=False, stop_after=3, accelerator=acc)
+        as_on_gpus(); s2 = T.train_stage(cfg, {str(run)!r}, {str(tok_dir)!r}, {str(data_file)!r}, plots=False, accelerator=acc, callback=look)
+        if dist.get_rank() == 0: open({str(out)!r}, 'w').write(json.dumps([s1['status'], s2['status'], seen['sharded']]))
+    """)
+    assert json.loads(out.read_text()) == ['stopped', 'done', True]
+    one = tmp_path/'one'
+    train_stage({**cfg, 'grad_accum': 2}, one, tok_dir, data_file, plots=False)
+    x, y = _read_metrics(one/'metrics.jsonl'), _read_metrics(run/'metrics.jsonl')
+    assert [r['global_step'] for r in x] == [r['global_step'] for r in y] == list(range(1, 7))
+    assert all(p['loss'] == pytest.approx(q['loss'], rel=1e-5) and p['grad_norm'] == pytest.approx(q['grad_norm'], rel=1e-5) for p, q in zip(x, y))
+    m, ref = CompassForCausalLM.from_pretrained(run/'model'), CompassForCausalLM.from_pretrained(one/'model')
+    assert all(torch.allclose(v, ref.state_dict()[k], atol=2e-5, rtol=1e-4) for k, v in m.state_dict().items())
+
+def test_val_bpb_sharded_over_two_processes(tmp_path, tok_dir, data):
+    "Each of 2 processes scores part of the held-out documents; the all-reduced bits/byte equal one process's (plain and FSDP)."
+    out = tmp_path/'val.json'
+    _torchrun(tmp_path, f"""
+        import json, torch, torch.distributed as dist
+        from transformers import PreTrainedTokenizerFast
+        from compass_nbdev.model import CompassConfig, CompassForCausalLM
+        from compass_nbdev.synthetic import synthetic_corpus
+        import compass_nbdev.train as T
+        dist.init_process_group('gloo')
+        tok = PreTrainedTokenizerFast.from_pretrained({str(tok_dir)!r})
+        va = T.split_heldout(T.load_docs(synthetic_corpus(24, {LANGS!r}, seed=0)), 0.15, 3)[1]   # 15 documents: 8 + 7
+        torch.manual_seed(0); m = CompassForCausalLM(CompassConfig.from_preset('tiny', vocab_size=448))
+        plain = T.val_bpb(m, tok, va, seq_len=16, batch_size=2)
+        share = float(T.val_sums(m, tok, va, 16, 2, dist.get_rank(), 2)[1].sum())
+        T.fsdp_wrap(m); assert T.is_sharded(m)
+        sharded = T.val_bpb(m, tok, va, seq_len=16, batch_size=2)     # uneven shares: padding batches keep FSDP in step
+        res = [None, None]; dist.all_gather_object(res, dict(plain=plain, fsdp=sharded, share=share))
+        if dist.get_rank() == 0: open({str(out)!r}, 'w').write(json.dumps(res))
+        dist.destroy_process_group()
+    """)
+    r0, r1 = json.loads(out.read_text())
+    tok = PreTrainedTokenizerFast.from_pretrained(tok_dir)
+    va = split_heldout(load_docs(data), 0.15, 3)[1]
+    torch.manual_seed(0); m = CompassForCausalLM(CompassConfig.from_preset('tiny', vocab_size=448))
+    one = val_bpb(m, tok, va, seq_len=16, batch_size=2)
+    total = sum(len(t.encode()) for v in va.values() for t in v)
+    assert r0['share'] > 0 and r1['share'] > 0 and r0['share'] + r1['share'] == total          # the work was split
+    for r in (r0, r1):
+        assert r['plain'] == r['fsdp'] == r0['plain']                  # every process gets the same answer
+    assert r0['plain'] == pytest.approx(one, rel=1e-6) and r0['fsdp'] == pytest.approx(one, rel=1e-6)
+
+def test_fsdp_accelerate_config_file_and_wrap_policy(monkeypatch):
+    "configs/fsdp_gpu.yaml, as `accelerate launch` reads it, gives an FSDP2 plugin that shards each DecoderLayer, like fsdp_wrap."
+    from types import SimpleNamespace
+    from accelerate import FullyShardedDataParallelPlugin
+    from accelerate.commands.launch import launch_command_parser, _validate_launch_command
+    from accelerate.utils import DistributedType
+    from accelerate.utils.launch import prepare_multi_gpu_env
+    from accelerate.utils.fsdp_utils import fsdp2_prepare_auto_wrap_policy
+    f = Path(__file__).parents[1]/'configs'/'fsdp_gpu.yaml'
+    args = _validate_launch_command(launch_command_parser().parse_args(['--config_file', str(f), '-m', 'compass_nbdev.cli', 'train']))[0]
+    env = prepare_multi_gpu_env(args)                                   # what `accelerate launch` hands each process
+    assert env['ACCELERATE_USE_FSDP'] == 'true' and env['FSDP_VERSION'] == '2'
+    for k, v in env.items():
+        if k.startswith(('FSDP_', 'ACCELERATE_USE_FSDP')): monkeypatch.setenv(k, v)
+    m = CompassForCausalLM(CompassConfig.from_preset('tiny'))
+    for plug in (FullyShardedDataParallelPlugin(), T.fsdp_plugin()):    # from the file's environment, and ours
+        assert plug.fsdp_version == 2 and plug.state_dict_type.name == 'FULL_STATE_DICT'
+        policy = fsdp2_prepare_auto_wrap_policy(plug, m)
+        assert [x for x in m.modules() if policy(x)] == list(m.model.layers)
+    acc = lambda t, n, v=2: SimpleNamespace(distributed_type=t, num_processes=n, state=SimpleNamespace(fsdp_plugin=SimpleNamespace(fsdp_version=v)))
+    assert T.distributed_mode(train_config('tiny'), acc(DistributedType.MULTI_CPU, 2)) == 'fsdp-own'   # the env says FSDP
+    assert T.distributed_mode(train_config('tiny', distributed='ddp'), acc(DistributedType.MULTI_CPU, 2)) == 'ddp'
+    assert T.distributed_mode(train_config('tiny'), acc(DistributedType.FSDP, 8)) == 'fsdp'
+    with pytest.raises(ConfigError, match='^distributed: accelerate is configured for FSDP1'):
+        T.distributed_mode(train_config('tiny'), acc(DistributedType.FSDP, 8, v=1))
+    with pytest.raises(ConfigError, match="^distributed: 'ddp', but accelerate is configured for FSDP"):
+        T.distributed_mode(train_config('tiny', distributed='ddp'), acc(DistributedType.FSDP, 8))
+    monkeypatch.delenv('ACCELERATE_USE_FSDP')
+    assert T.distributed_mode(train_config('tiny'), acc(DistributedType.MULTI_CPU, 2)) == 'ddp'
+    assert T.distributed_mode(train_config('tiny', distributed='fsdp'), acc(DistributedType.NO, 1)) == 'single'
+    with pytest.raises(ConfigError, match='^train.distributed:'): TrainConfig.from_dict({'distributed': 'zero3'}, 'train')
+
+def test_optimizer_state_by_name_round_trip():
+    "Index-keyed (plain) and name-keyed (FSDP) optimizer states convert into each other."
+    m = CompassForCausalLM(CompassConfig.from_preset('tiny')); opt = T._optimizer(m, train_config('tiny'), fused=False)
+    x = torch.randint(0, 512, (2, 16)); m(input_ids=x, labels=x).loss.backward(); opt.step()
+    names = T._optim_names(m, opt)
+    assert len(names) == len(set(names)) == len(list(m.parameters())) and 'model.embed_tokens.weight' in names
+    sd = opt.state_dict(); by = T._optim_by_name(sd, names)
+    assert set(by['state']) == set(names) and T._optim_by_index(by, names) == sd
+
+def test_bf16_autocast_on_cpu(tmp_path, tok_dir, data_file):
+    "mixed_precision='bf16' runs the loop under autocast (on CPU here; on a GPU 'auto' picks it)."
+    from accelerate.state import AcceleratorState
+    cfg = {**SMALL, 'stages': SMALL['stages'][:1]}
+    AcceleratorState._reset_state()          # accelerate keeps one mixed-precision setting per process
+    try: a = train_stage({**cfg, 'mixed_precision': 'bf16'}, tmp_path/'bf16', tok_dir, data_file, stop_after=2, plots=False)
+    finally: AcceleratorState._reset_state()
+    b = train_stage(cfg, tmp_path/'fp32', tok_dir, data_file, stop_after=2, plots=False)
+    la, lb = losses(tmp_path/'bf16'), losses(tmp_path/'fp32')
+    assert a['status'] == 'stopped' and all(math.isfinite(r[1]) for r in la)
+    assert la[0][1] != lb[0][1] and la[0][1] == pytest.approx(lb[0][1], rel=2e-2)     # bf16 rounding, same model
+
+def test_mfu_and_peak_flops(monkeypatch):
+    from compass_nbdev.model import model_stats
+    monkeypatch.delenv('COMPASS_PEAK_FLOPS', raising=False)
+    assert T.peak_flops('cpu') is None and T.mfu(1e9, 1e3, peak=None) in (None, T.mfu(1e9, 1e3))
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+    for name, peak in [('NVIDIA H100 80GB HBM3', 989e12), ('NVIDIA H100 PCIe', 756e12), ('NVIDIA A100-SXM4-80GB', 312e12),
+                       ('NVIDIA L40S', 362e12), ('NVIDIA L4', 121e12), ('NVIDIA H200', 989e12), ('Some Future GPU', None)]:
+        monkeypatch.setattr(torch.cuda, 'get_device_name', lambda d=None, n=name: n)
+        assert T.peak_flops('cuda') == peak, name
+    monkeypatch.setenv('COMPASS_PEAK_FLOPS', '1e15'); assert T.peak_flops() == 1e15
+    c = CompassConfig.from_preset('gpu-small')
+    f = model_stats(c, 1024)['train_flops_per_token']
+    L, nh, hd = c.num_hidden_layers, c.num_attention_heads, c.head_dim
+    assert f == 6 * (model_stats(c, 0)['train_flops_per_token'] / 6) + 6 * L * 1024 * nh * hd
+    assert T.mfu(f, 1e5, n_devices=2, peak=989e12) == pytest.approx(f * 1e5 / (2 * 989e12))
+
+def test_measure_throughput_on_cpu(tok_dir, data, tmp_path):
+    r = T.measure_throughput(tok_dir, 'tiny', steps=4, warmup=2, data=data, run_dir=tmp_path/'run')
+    assert r['device'] == 'cpu' and r['mfu'] is None and r['tokens_per_s'] > 0 and r['tokens_per_step'] == 4 * 64
+    assert len(_read_metrics(tmp_path/'run'/'metrics.jsonl')) == 4 and math.isfinite(r['final_loss'])
+    with pytest.raises(ConfigError, match='^steps:'): T.measure_throughput(tok_dir, 'tiny', steps=2, warmup=2)
+
+def test_flops_per_token_matches_torch_flop_counter():
+    "model_stats' 6·N_active matmul FLOPs = what torch's FlopCounterMode counts in forward + backward (norm weights aside)."
+    from torch.utils.flop_counter import FlopCounterMode
+    from compass_nbdev.model import model_stats
+    for over in ({}, {'n_shared_experts': 0, 'num_experts_per_tok': 3}, {'tie_word_embeddings': False}):
+        c = CompassConfig.from_preset('tiny', moe_impl='loop', **over)    # loop: plain matmuls the counter sees
+        m = CompassForCausalLM(c); x = torch.randint(0, c.vocab_size, (3, 40))
+        with FlopCounterMode(display=False) as fc: m(input_ids=x, labels=x).loss.backward()
+        attn = 6 * c.num_hidden_layers * 40 * c.num_attention_heads * c.head_dim        # SDPA: not counted on the CPU
+        norms = c.num_hidden_layers * (2 * c.hidden_size + 2 * c.head_dim) + c.hidden_size
+        assert fc.get_total_flops() / x.numel() == model_stats(c, 40)['train_flops_per_token'] - attn - 6 * norms, over
