@@ -32,7 +32,8 @@ PRESETS:dict = {
                  first_k_dense=1, tie_word_embeddings=True, max_position_embeddings=256, rope_theta=1e4),
     'laptop': {**_BASE, **dict(vocab_size=8192, hidden_size=128, num_hidden_layers=4, num_attention_heads=4,
                num_key_value_heads=2, head_dim=32, n_routed_experts=16, moe_intermediate_size=128,
-               tie_word_embeddings=True, max_position_embeddings=1024, rope_theta=1e4)},
+               tie_word_embeddings=True, max_position_embeddings=1024, rope_theta=1e4,
+               first_k_dense=0, aux_loss_alpha=1e-2)},  # MoE in every layer, 10x the balance loss: see bench/moe_vs_dense.py
     'gpu-small': {**_BASE, **dict(vocab_size=32768, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
                   num_key_value_heads=4, head_dim=64, n_routed_experts=32, moe_intermediate_size=384)},
     'compass-v2': {**_BASE, **dict(vocab_size=180_000, hidden_size=3072, num_hidden_layers=36, num_attention_heads=24,

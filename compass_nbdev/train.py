@@ -141,7 +141,7 @@ def _recipe(steps:tuple, seq:int, lr:float, warm:int, theta:float)->list[dict]:
 TRAIN_PRESETS:dict = {
     'tiny': dict(model='tiny', micro_batch_size=4, stages=_recipe((16, 6, 4), 64, 3e-3, 4, 4e4),
                  log_every=4, save_every=8, eval_every=0, val_max_docs=8),
-    'laptop': dict(model='laptop', micro_batch_size=8, stages=_recipe((120, 24, 12), 128, 3e-3, 12, 5e4),
+    'laptop': dict(model='laptop', micro_batch_size=8, stages=_recipe((300, 60, 30), 128, 6e-3, 12, 5e4),  # 430k tokens
                    log_every=5, save_every=50, eval_every=0, val_max_docs=24),
     'gpu-small': dict(model='gpu-small', micro_batch_size=32, grad_accum=4, stages=_recipe((20000, 2000, 500), 1024, 1e-3, 1000, 5e6),
                       log_every=20, save_every=1000, eval_every=1000, val_max_docs=200, keep_last=3),

@@ -14,6 +14,14 @@ from compass_nbdev.chat import (IM_START, IM_END, THINK, END_THINK, with_chat_te
 from compass_nbdev.model import model_stats
 
 
+@pytest.fixture(scope='module', autouse=True)
+def one_thread():
+    "Tiny models run faster on one thread, and much faster on a shared CPU (two threads spin-wait for each other)."
+    n = torch.get_num_threads(); torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope='module')
 def tok():
     return with_chat_template(to_hf(train_bpe([d['text'] for d in synthetic_corpus(20)], 900)))
