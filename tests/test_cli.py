@@ -48,3 +48,23 @@ def test_run_tiny_on_real_data_writes_every_stage(tmp_path):
         assert (run/f).is_file(), f
     assert 'Tokenizer fertility' in (run/'report.md').read_text()
     assert 'mean_bpb: ' in r.stdout or '"mean_bpb"' in r.stdout  # the eval stage's summary reaches the console
+
+def test_sft_then_chat_and_generate_from_the_command_line(tmp_path):
+    "compass run (tiny, synthetic) → compass sft → compass chat (stdin) and compass generate (file → JSONL)."
+    run = tmp_path/'run'
+    r = compass('run', '--preset', 'tiny', '--data-dir', 'synthetic', '--run-dir', str(run))
+    assert r.returncode == 0, r.stderr[-3000:]
+    r = compass('sft', '--preset', 'tiny', '--data-dir', 'synthetic', '--run-dir', str(run))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert (run/'sft'/'config.json').is_file() and (run/'sft'/'sft_summary.json').is_file()
+    exe = shutil.which('compass') or str(Path(sys.executable).parent/'compass')
+    c = subprocess.run([exe, 'chat', '--run-dir', str(run), '--max-new-tokens', '5'], input="hello\n/think\nwhy?\n/exit\n",
+                       capture_output=True, text=True, timeout=600)
+    assert c.returncode == 0, c.stderr[-3000:]
+    assert 'fast mode' in c.stdout and 'deep' in c.stdout and 'Traceback' not in c.stderr
+    (tmp_path/'p.txt').write_text("Barangnya bagus\nSản phẩm tệ\n")
+    g = compass('generate', str(tmp_path/'p.txt'), '--out', str(tmp_path/'out.jsonl'), '--run-dir', str(run), '--max-new-tokens', '4')
+    assert g.returncode == 0, g.stderr[-3000:]
+    assert len((tmp_path/'out.jsonl').read_text().splitlines()) == 2
+    bad = compass('generate', str(tmp_path/'missing.txt'), '--out', str(tmp_path/'o.jsonl'), '--run-dir', str(run))
+    assert bad.returncode == 2 and 'missing.txt' in bad.stderr and 'Traceback' not in bad.stderr
