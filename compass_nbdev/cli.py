@@ -270,6 +270,9 @@ def _cfg_from_args(a)->RunConfig:
     if a.data_dir: ov['data_dir'] = a.data_dir
     if a.name: ov['name'] = a.name
     if a.preset: ov['preset'] = a.preset
+    saved = RunDir(a.run_dir or Path('runs')/(a.name or 'laptop')).config_path
+    if a.cmd not in ('run', 'config') and not (a.preset or a.config) and saved.is_file():
+        return resolve_config('laptop', saved, ov)  # a later stage of an existing run: start from its saved configuration
     return resolve_config(a.preset or 'laptop', a.config, ov)
 
 # %% ../nbs/90_cli.ipynb #4efb8e69

@@ -54,9 +54,10 @@ def test_sft_then_chat_and_generate_from_the_command_line(tmp_path):
     run = tmp_path/'run'
     r = compass('run', '--preset', 'tiny', '--data-dir', 'synthetic', '--run-dir', str(run))
     assert r.returncode == 0, r.stderr[-3000:]
-    r = compass('sft', '--preset', 'tiny', '--data-dir', 'synthetic', '--run-dir', str(run))
+    r = compass('sft', '--run-dir', str(run))  # no --preset: the run folder's saved (tiny) configuration is used
     assert r.returncode == 0, r.stderr[-3000:]
     assert (run/'sft'/'config.json').is_file() and (run/'sft'/'sft_summary.json').is_file()
+    assert yaml.safe_load((run/'config.yaml').read_text())['preset'] == 'tiny'
     exe = shutil.which('compass') or str(Path(sys.executable).parent/'compass')
     c = subprocess.run([exe, 'chat', '--run-dir', str(run), '--max-new-tokens', '5'], input="hello\n/think\nwhy?\n/exit\n",
                        capture_output=True, text=True, timeout=600)
