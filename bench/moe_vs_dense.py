@@ -1,10 +1,10 @@
 """The paper's core claim at our scale: MoE (shared + fine-grained routed experts) against a dense model with the same
 active parameters, trained on the same tokens, compared by NTREX bits per UTF-8 byte per language.
 
-Both models use the `laptop` training recipe (`compass_nbdev.train.TRAIN_PRESETS['laptop']`) with `TRAIN_OVERRIDES`
-below: `laptop` (MoE, with `MOE_OVERRIDES`) and `laptop-dense` (a dense SwiGLU of width (k + shared) × expert width,
-so the active parameters match; `dense_twin_overrides` keeps it matched when the expert layout changes). The
-defaults are the configuration proposed as the new laptop preset (bench/RESULTS.md, "MoE vs dense (#7), rerun");
+Both models use the preset's training recipe (`compass_nbdev.train.TRAIN_PRESETS['laptop']` by default): `laptop`
+(MoE) and `laptop-dense` (a dense SwiGLU of width (k + shared) × expert width, so the active parameters match;
+`dense_twin_overrides` keeps it matched when the expert layout changes). The presets carry the configuration measured
+in bench/RESULTS.md, "MoE vs dense (#7), rerun" (MoE in every layer, aux_loss_alpha 1e-2, 430k tokens at lr 6e-3);
 `--moe-overrides`, `--train-overrides`, `--lr-scale`, `--dense-lr-scale` and `--only` are for experiments. They train in
 turn on the same documents (a seeded sample of the corpus in DATA_DIR, `--docs-per-source` per source file) with the
 same byte-level BPE (trained on those documents, eval sentences excluded by the data itself), the same seed and the
@@ -18,12 +18,6 @@ printing `moe_vs_dense bpb_moe=<x> bpb_dense=<x> gain_pct=<x>` (gain = 100 × (d
 import argparse, json, math, sys, tempfile, time
 from pathlib import Path
 
-# The laptop configuration this benchmark runs by default: the proposal in bench/RESULTS.md, "MoE vs dense (#7), rerun".
-# Written as absolute values, so they stay right once the presets carry them.
-MOE_OVERRIDES:dict = {'aux_loss_alpha': 0.01, 'first_k_dense': 0}   # CompassConfig fields for the MoE model only
-TRAIN_OVERRIDES:dict = {'stage_steps': [300, 60, 30], 'stage_lr': [6e-3, 3e-3, 6e-4]}   # TrainConfig fields for both models;
-                        # stage_steps / stage_lr: steps and peak lr of each stage of the preset's recipe
-LR_SCALE:float = 1.0        # multiplier on every stage's peak learning rate, both models
 # MoE-only fields: not passed to the dense twin (its FFN width follows the MoE's active experts instead)
 MOE_ONLY = {'n_routed_experts', 'num_experts_per_tok', 'n_shared_experts', 'moe_intermediate_size', 'first_k_dense',
             'norm_topk_prob', 'capacity_factor', 'moe_impl', 'balance', 'balance_scope', 'aux_loss_alpha', 'z_loss_beta',
@@ -57,10 +51,10 @@ def main(argv=None):
     ap.add_argument('--ntrex', type=int, default=300, help='NTREX sentences per language for bits per byte')
     ap.add_argument('--vocab', type=int, default=8192)
     ap.add_argument('--preset', default='laptop', help="training preset: 'laptop' (the claim) or 'tiny' (a smoke test)")
-    ap.add_argument('--moe-overrides', default=None, help='JSON of CompassConfig fields for the MoE model only, e.g. \'{"aux_loss_alpha": 0.01}\' (default: MOE_OVERRIDES)')
+    ap.add_argument('--moe-overrides', default='{}', help='JSON of CompassConfig fields for the MoE model only, e.g. \'{"aux_loss_alpha": 0.01}\'')
     ap.add_argument('--dense-overrides', default='{}', help='JSON of CompassConfig fields for the dense model only')
-    ap.add_argument('--train-overrides', default=None, help='JSON of TrainConfig fields for both models, e.g. \'{"micro_batch_size": 16}\' (default: TRAIN_OVERRIDES)')
-    ap.add_argument('--lr-scale', type=float, default=None, help='multiply every stage\'s peak lr, both models (default: LR_SCALE)')
+    ap.add_argument('--train-overrides', default='{}', help='JSON of TrainConfig fields for both models, e.g. \'{"micro_batch_size": 16}\'')
+    ap.add_argument('--lr-scale', type=float, default=1.0, help='multiply every stage\'s peak lr, both models')
     ap.add_argument('--dense-lr-scale', type=float, default=None, help='lr multiplier for the dense model only (default: --lr-scale)')
     ap.add_argument('--only', choices=('both', 'moe', 'dense'), default='both', help='train one side only (screening)')
     ap.add_argument('--log', default=None, help='append one JSON line with the configuration and results to this file')
@@ -72,11 +66,9 @@ def main(argv=None):
     from compass_nbdev.train import train_config, train_stage, TRAIN_PRESETS, _read_metrics
     from compass_nbdev.evaluate import bits_per_byte, load_model
     from compass_nbdev.model import CompassConfig, model_stats
-    moe_ov = json.loads(a.moe_overrides) if a.moe_overrides is not None else dict(MOE_OVERRIDES)
-    train_ov = json.loads(a.train_overrides) if a.train_overrides is not None else dict(TRAIN_OVERRIDES)
-    lr_scale = a.lr_scale if a.lr_scale is not None else LR_SCALE
+    moe_ov, train_ov = json.loads(a.moe_overrides), json.loads(a.train_overrides)
+    lr_scale = a.lr_scale
     dense_lr_scale = a.dense_lr_scale if a.dense_lr_scale is not None else lr_scale
-    if a.preset != 'laptop': moe_ov, train_ov, lr_scale, dense_lr_scale = json.loads(a.moe_overrides or '{}'), json.loads(a.train_overrides or '{}'), a.lr_scale or 1.0, a.dense_lr_scale or a.lr_scale or 1.0
     out = Path(a.out or tempfile.mkdtemp(prefix='moe_vs_dense_'))
     t0 = time.time()
     docs = load_corpus(a.data_dir, max_docs_per_source=a.docs_per_source, seed=0).to_list()

@@ -199,13 +199,12 @@ def _bench_mvd():
     s = importlib.util.spec_from_file_location('moe_vs_dense', p); m = importlib.util.module_from_spec(s); s.loader.exec_module(m)
     return m
 
-@pytest.mark.parametrize('ov', [None, {}, dict(n_routed_experts=32, moe_intermediate_size=64, num_experts_per_tok=8, n_shared_experts=4),
+@pytest.mark.parametrize('ov', [{}, dict(aux_loss_alpha=1e-3, first_k_dense=1), dict(n_routed_experts=32, moe_intermediate_size=64, num_experts_per_tok=8, n_shared_experts=4),
                                 dict(first_k_dense=0, n_shared_experts=1, num_experts_per_tok=5)])
 def test_moe_vs_dense_twin_matches_active_params(ov):
     "The bench's dense twin has the MoE's active parameters exactly, router weights aside, and fewer in total."
     from compass_nbdev.model import model_stats
     b = _bench_mvd()
-    ov = dict(b.MOE_OVERRIDES) if ov is None else ov
     moe = CompassConfig.from_preset('laptop', **ov)
     dense = CompassConfig.from_preset('laptop-dense', **b.dense_twin_overrides('laptop', ov))
     sm, sd = model_stats(moe), model_stats(dense)
