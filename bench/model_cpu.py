@@ -10,11 +10,15 @@ measures the work done and is the least disturbed figure when other jobs share t
 
     python bench/model_cpu.py [--steps 5] [--batch 2 --seq 256] [--experts 32 --expert 128 --k 4] ...
     python bench/model_cpu.py --profile 3 --impls grouped_mm   # also: where each model's step time goes, by op
+    python bench/model_cpu.py --keep-freed-memory              # glibc keeps freed memory: no model pays page faults
 
-Models are timed round robin (one step of each in turn), so changes in machine load hit all of them alike; the
-peak memory of each is measured in a warm-up step while the others are idle (peak RSS increase, Linux only).
+Models are timed round robin in blocks: each model in turn runs `--block` consecutive steps, the first of which is
+not timed. Changes in machine load hit all models alike, and every timed step runs in the allocator state that the
+model's own previous step left, as in a training loop; one step of each model in turn would time every model in the
+heap left by another (batched_mm frees 3.5 GB per step). The peak memory of each is measured in a warm-up step while the
+others are idle (peak RSS increase, Linux only).
 """
-import argparse, ctypes, gc, os, statistics, sys, time
+import argparse, ctypes, gc, os, resource, statistics, sys, time
 import torch
 
 def rss_mb():
@@ -32,6 +36,13 @@ def reset_peak():
     try:
         with open('/proc/self/clear_refs', 'w') as f: f.write('5')     # resets VmHWM (peak RSS) on Linux
     except OSError: pass
+
+def keep_freed_memory():
+    "glibc: serve allocations up to 32 MB from the heap and never trim it, so freed memory is reused without page faults."
+    libc = ctypes.CDLL('libc.so.6')
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3                 # <malloc.h>
+    ok = libc.mallopt(M_MMAP_THRESHOLD, 32 << 20) and libc.mallopt(M_TRIM_THRESHOLD, (1 << 31) - 1)
+    if not ok: raise RuntimeError("mallopt refused the thresholds")
 
 def sizes(a):
     return dict(vocab_size=a.vocab, hidden_size=a.hidden, num_hidden_layers=a.layers, num_attention_heads=a.heads,
@@ -95,7 +106,8 @@ def profile_pair(ours, peer, name_ours, name_peer, x, steps, top=18):
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument('--steps', type=int, default=7)
+    p.add_argument('--steps', type=int, default=12, help='timed steps per model')
+    p.add_argument('--block', type=int, default=4, help='consecutive steps per turn (the first one untimed)')
     p.add_argument('--batch', type=int, default=2); p.add_argument('--seq', type=int, default=256)
     p.add_argument('--vocab', type=int, default=8192); p.add_argument('--hidden', type=int, default=256)
     p.add_argument('--layers', type=int, default=4); p.add_argument('--heads', type=int, default=4)
@@ -108,11 +120,14 @@ def main():
     p.add_argument('--max-batched-gb', type=float, default=4.0)
     p.add_argument('--batched-steps', type=int, default=2)
     p.add_argument('--profile', type=int, default=0, help='after timing, profile this many steps of each pairing, by op')
+    p.add_argument('--keep-freed-memory', action='store_true',
+                   help="glibc only, all models alike: keep freed memory in the process, so no step pays page faults")
     a = p.parse_args()
+    if a.keep_freed_memory: keep_freed_memory()
     torch.set_num_threads(a.threads)
     import transformers
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, threads {torch.get_num_threads()}, "
-          f"load {os.getloadavg()[0]:.2f}", flush=True)
+          f"load {os.getloadavg()[0]:.2f}, freed memory {'kept (mallopt)' if a.keep_freed_memory else 'glibc default'}", flush=True)
     print(f"sizes: tokens {a.batch}x{a.seq}, vocab {a.vocab}, hidden {a.hidden}, layers {a.layers}, heads {a.heads}/{a.kv_heads}, "
           f"experts {a.experts} x width {a.expert}, top-{a.k}", flush=True)
     g = torch.Generator().manual_seed(0)
@@ -132,20 +147,24 @@ def main():
         models[name] = build().train()
     for m in models.values(): train_step(m, x)      # warm-up step of every model
     mem = {name: peak_mb(m, x) for name, m in models.items()}   # then each one's peak, the others idle
-    times, cpu = {name: [] for name in models}, {name: [] for name in models}
-    for i in range(a.steps):                 # round robin, so load changes hit every model alike
+    times, cpu, faults = {name: [] for name in models}, {name: [] for name in models}, {name: [] for name in models}
+    per_turn = max(a.block - 1, 1)
+    for i in range(-(-a.steps // per_turn)):     # round robin of blocks, so load changes hit every model alike
         for name, m in models.items():
-            if 'batched_mm' in name and i >= a.batched_steps: continue   # ~10x slower than the rest: fewer steps
-            t0, c0 = time.perf_counter(), time.process_time()
-            train_step(m, x)
-            times[name].append(time.perf_counter() - t0); cpu[name].append(time.process_time() - c0)
+            if 'batched_mm' in name and len(times[name]) >= a.batched_steps: continue   # ~30x slower: fewer steps
+            if a.block > 1: train_step(m, x)      # untimed: settles the allocator after the previous model
+            for _ in range(per_turn):
+                f0, t0, c0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, time.perf_counter(), time.process_time()
+                train_step(m, x)
+                times[name].append(time.perf_counter() - t0); cpu[name].append(time.process_time() - c0)
+                faults[name].append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
     res = {}
     for name, m in models.items():
         med, mn, n = statistics.median(times[name]), min(times[name]), sum(p.numel() for p in m.parameters())
         cs = statistics.median(cpu[name])
         res[name] = (med, mn, mem[name], n, cs)
         print(f"{name:24s} params {n/1e6:6.2f}M  step median {med*1e3:8.1f} ms  min {mn*1e3:8.1f} ms  "
-              f"CPU {cs*1e3:8.1f} ms  peak +{mem[name]:7.1f} MB", flush=True)
+              f"CPU {cs*1e3:8.1f} ms  peak +{mem[name]:7.1f} MB  page faults {statistics.median(faults[name]):7.0f}/step", flush=True)
     def ratios(i):   # i = 0: median step time, 1: minimum (least disturbed by other processes), 4: median CPU time
         q3 = min((v[i], k) for k, v in res.items() if k.startswith('qwen3'))
         q2 = min((v[i], k) for k, v in res.items() if k.startswith('qwen2'))

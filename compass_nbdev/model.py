@@ -21,7 +21,8 @@ from .balance import (aux_loss, z_loss, GlobalCounts, all_reduce_counts, update_
 
 # %% auto #0
 __all__ = ['PRESETS', 'CompassConfig', 'model_stats', 'RMSNorm', 'rope_cos_sin', 'apply_rope', 'Attention', 'attention_mask_4d',
-           'DecoderLayer', 'CompassOutput', 'CompassPreTrainedModel', 'CompassModel', 'CompassForCausalLM']
+           'DecoderLayer', 'CompassOutput', 'CompassPreTrainedModel', 'CompassModel', 'linear_cross_entropy',
+           'CompassForCausalLM']
 
 # %% ../nbs/50_model.ipynb #86541d2b
 _BASE = dict(first_k_dense=1, n_shared_experts=2, num_experts_per_tok=4, norm_topk_prob=True, rope_theta=1e6,
@@ -64,6 +65,7 @@ class CompassConfig(PretrainedConfig):
                  rope_theta:float=1e4, rms_norm_eps:float=1e-6, max_position_embeddings:int=2048,
                  initializer_range:float=0.02, tie_word_embeddings:bool=True, use_cache:bool=True,
                  dense_from:str|None=None, # for a dense counterpart: the MoE preset it matches
+                 fuse_lm_loss:bool=True, # in training with labels: output head + loss in row chunks, `logits` is None
                  **kwargs):
         head_dim = head_dim or (hidden_size // num_attention_heads if num_attention_heads else 0)
         if intermediate_size is None:
@@ -77,6 +79,7 @@ class CompassConfig(PretrainedConfig):
         self.aux_loss_alpha, self.z_loss_beta, self.bias_update_rate = aux_loss_alpha, z_loss_beta, bias_update_rate
         self.rope_theta, self.rms_norm_eps, self.max_position_embeddings = rope_theta, rms_norm_eps, max_position_embeddings
         self.initializer_range, self.use_cache, self.dense_from = initializer_range, use_cache, dense_from
+        self.fuse_lm_loss = fuse_lm_loss
         kwargs.setdefault('bos_token_id', None); kwargs.setdefault('eos_token_id', None)
         super().__init__(tie_word_embeddings=tie_word_embeddings, **kwargs)
         self.validate()
@@ -90,6 +93,7 @@ class CompassConfig(PretrainedConfig):
         if self.num_attention_heads % self.num_key_value_heads:
             raise ConfigError(f"num_attention_heads={self.num_attention_heads} must be divisible by it; allowed: "
                               f"{[d for d in range(1, self.num_attention_heads+1) if self.num_attention_heads % d == 0]}", 'num_key_value_heads')
+        if not isinstance(self.fuse_lm_loss, bool): raise ConfigError(f"must be true or false, got {self.fuse_lm_loss!r}", 'fuse_lm_loss')
         if self.head_dim % 2: raise ConfigError(f"must be even for RoPE, got {self.head_dim}", 'head_dim')
         if self.n_routed_experts < 0: raise ConfigError(f"must be >= 0 (0 = dense model), got {self.n_routed_experts}", 'n_routed_experts')
         if self.n_routed_experts and not 1 <= self.num_experts_per_tok <= self.n_routed_experts:
@@ -202,6 +206,49 @@ def apply_rope(x:Tensor, # (B, heads, S, head_dim)
     "Rotate feature pairs (i, i + d/2) by the position's angles: x·cos + (-x2, x1)·sin."
     return _RopeFn.apply(x, cos, sin)
 
+# %% ../nbs/50_model.ipynb #3e769ee5
+def _rotate(y:Tensor, c:Tensor, s:Tensor, sign:float=1.)->Tensor:
+    "y·c + (∓y2, ±y1)·s: RoPE (sign 1) or its inverse, the transpose (sign -1), in one new buffer."
+    h = y.shape[-1] // 2
+    out = y * c
+    out[..., :h].addcmul_(y[..., h:], s[..., :h] if sign > 0 else s[..., h:], value=-sign)
+    out[..., h:].addcmul_(y[..., :h], s[..., h:] if sign > 0 else s[..., :h], value=sign)
+    return out
+
+class _QKNormRopeFn(torch.autograd.Function):
+    "From the (B, S, nh + 2·nkv, hd) `qkv` projection: RMS-normalised and rotated q and k, and v, each (B, heads, S, hd)."
+    @staticmethod
+    def forward(ctx, qkv, wq, wk, cos, sin, nh, nkv, eps):
+        nq = nh + nkv
+        x = qkv[:, :, :nq]                                              # q and k heads side by side
+        ct = torch.promote_types(qkv.dtype, torch.float32)
+        r = torch.rsqrt(x.to(ct).square().mean(-1, keepdim=True).add_(eps))   # 1 / rms of every head vector
+        w = torch.cat([wq.to(ct).expand(nh, -1), wk.to(ct).expand(nkv, -1)])  # (nq, hd): each head's scale
+        c, s = cos.transpose(1, 2).to(ct), sin.transpose(1, 2).to(ct)           # (B, S, 1, hd)
+        out = _rotate((x.to(ct) * r).mul_(w), c, s).to(qkv.dtype)
+        ctx.save_for_backward(x, r, w, c, s)
+        ctx.nh, ctx.wdtype = nh, wq.dtype
+        return out[:, :, :nh].transpose(1, 2), out[:, :, nh:].transpose(1, 2), qkv[:, :, nq:].transpose(1, 2)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, gq, gk, gv):
+        x, r, w, c, s = ctx.saved_tensors
+        nh, (B, S, nq, hd) = ctx.nh, x.shape
+        gy = torch.zeros(B, S, nq, hd, dtype=r.dtype, device=r.device) if gq is None or gk is None else \
+             torch.cat([gq.transpose(1, 2), gk.transpose(1, 2)], 2).to(r.dtype)   # one buffer for both
+        if gq is None and gk is not None: gy[:, :, nh:] = gk.transpose(1, 2)
+        if gk is None and gq is not None: gy[:, :, :nh] = gq.transpose(1, 2)
+        gy = _rotate(gy, c, s, sign=-1.)                                # undo the rotation
+        xh = x.to(r.dtype) * r
+        dw = (gy * xh).sum((0, 1))                                      # (nq, hd), then per head kind
+        gxh = gy.mul_(w)
+        dqkv = torch.empty(B, S, nq + (nq - nh), hd, dtype=x.dtype, device=x.device)
+        torch.mul(gxh.sub_(xh * (gxh * xh).mean(-1, keepdim=True)), r, out=dqkv[:, :, :nq])
+        if gv is None: dqkv[:, :, nq:] = 0
+        else: dqkv[:, :, nq:] = gv.transpose(1, 2)
+        return dqkv, dw[:nh].sum(0).to(ctx.wdtype), dw[nh:].sum(0).to(ctx.wdtype), None, None, None, None, None
+
 # %% ../nbs/50_model.ipynb #23144071
 class Attention(nn.Module):
     "Grouped-query self-attention with RoPE, QK-norm and SDPA."
@@ -214,9 +261,14 @@ class Attention(nn.Module):
 
     def forward(self, x:Tensor, cos:Tensor, sin:Tensor, mask:Tensor|None, cache:Cache|None=None):
         B, S, _ = x.shape
-        q, k, v = self.qkv(x).view(B, S, -1, self.hd).split([self.nh, self.nkv, self.nkv], dim=2)
-        q, k, v = self.q_norm(q).transpose(1, 2), self.k_norm(k).transpose(1, 2), v.transpose(1, 2)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        qkv = self.qkv(x).view(B, S, -1, self.hd)
+        if x.device.type == 'cpu' and torch.is_grad_enabled() and qkv.requires_grad:   # training on CPU: one node
+            q, k, v = _QKNormRopeFn.apply(qkv, self.q_norm.weight, self.k_norm.weight, cos, sin, self.nh, self.nkv,
+                                          self.q_norm.eps)
+        else:
+            q, k, v = qkv.split([self.nh, self.nkv, self.nkv], dim=2)
+            q, k, v = self.q_norm(q).transpose(1, 2), self.k_norm(k).transpose(1, 2), v.transpose(1, 2)
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None: k, v = cache.update(k, v, self.layer_idx)
         causal = mask is None and S > 1 and k.shape[2] == S
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=self.nkv != self.nh)
@@ -338,6 +390,62 @@ class _CrossEntropyFn(torch.autograd.Function):
         return grad.to(ctx.dtype), None, None
 
 # %% ../nbs/50_model.ipynb #b6c731e6
+class _LinearCrossEntropyFn(torch.autograd.Function):
+    "Output head + mean cross-entropy in row chunks; the gradients are computed during the forward pass."
+    @staticmethod
+    def forward(ctx, h, w, target, ignore_index, rows):
+        dev = h.device.type
+        dt = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else torch.promote_types(h.dtype, w.dtype)
+        with torch.autocast(dev, enabled=False):
+            hd, wd = h.to(dt), w.to(dt)
+            keep = target != ignore_index
+            t = target.masked_fill(~keep, 0)
+            n = keep.sum()
+            kf = keep.to(torch.promote_types(dt, torch.float32)) / n.clamp(min=1)   # weight of each row in the mean
+            ct = torch.promote_types(dt, torch.float32)                 # the softmax's dtype: at least float32
+            f32 = dt == ct                                             # no casts: the products write the logits
+            dh = torch.empty(h.shape, dtype=h.dtype, device=h.device)
+            dw = None                                                  # float32 (or wider) sum over the chunks
+            buf = torch.empty(min(rows, h.shape[0]), w.shape[0], dtype=ct, device=h.device) if f32 else None
+            loss = torch.zeros((), dtype=ct, device=h.device)
+            for s in range(0, h.shape[0], rows):
+                e = min(s + rows, h.shape[0]); tc = t[s:e, None]
+                z = torch.mm(hd[s:e], wd.t(), out=buf[:e - s]) if f32 else torch.mm(hd[s:e], wd.t()).to(ct)   # (rows, V)
+                zt = z.gather(1, tc).squeeze(1)
+                m = z.amax(-1, keepdim=True)
+                ssum = z.sub_(m).exp_().sum(-1)                           # z is now exp(z - max)
+                loss += ((m.squeeze(1) + ssum.log() - zt) * keep[s:e]).sum()   # log-sum-exp - target logit
+                z.scatter_add_(1, tc, -ssum[:, None])                      # = ssum * (softmax - onehot)
+                r = (kf[s:e] / ssum)[:, None]                              # undo ssum, apply the mean's weight
+                p = z if f32 else z.to(dt)
+                dh[s:e] = torch.mm(p, wd).mul_(r.to(dt))
+                hs = hd[s:e] * r.to(dt)
+                if dw is None: dw = torch.mm(p.t(), hs).to(torch.promote_types(w.dtype, torch.float32))
+                elif f32: dw.addmm_(p.t(), hs)
+                else: dw.add_(torch.mm(p.t(), hs))
+        ctx.save_for_backward(dh, dw.to(w.dtype))
+        return loss / n                                                # 0/0 = nan when nothing is kept, as in torch
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g):
+        dh, dw = ctx.saved_tensors
+        if g.device.type == 'cpu' and float(g) == 1.0: return dh, dw, None, None, None   # the usual case: no copy
+        return dh * g.to(dh.dtype), dw * g.to(dw.dtype), None, None, None
+
+def linear_cross_entropy(h:Tensor, # (N, H) last hidden states
+                         weight:Tensor, # (V, H) output head
+                         target:Tensor, # (N,) next-token ids; `ignore_index` = no loss
+                         ignore_index:int=-100,
+                         chunk_bytes:int=16 << 20, # float32 logits held at once; at least 64 rows
+                        )->Tensor:
+    "Mean cross-entropy of `h @ weight.T` against `target`, without materialising the (N, V) logits."
+    if h.dim() != 2 or weight.dim() != 2 or h.shape[1] != weight.shape[1] or target.shape != h.shape[:1]:
+        raise ValueError(f"linear_cross_entropy: h {tuple(h.shape)}, weight {tuple(weight.shape)} and target "
+                         f"{tuple(target.shape)} must be (N, H), (V, H) and (N,)")
+    return _LinearCrossEntropyFn.apply(h, weight, target, ignore_index, max(64, chunk_bytes // (4 * weight.shape[0])))
+
+# %% ../nbs/50_model.ipynb #59eb49eb
 class CompassForCausalLM(CompassPreTrainedModel, GenerationMixin):
     "Compass decoder with a language-modelling head and the balance-regularised loss."
     _tied_weights_keys = {'lm_head.weight': 'model.embed_tokens.weight'}
@@ -364,8 +472,10 @@ class CompassForCausalLM(CompassPreTrainedModel, GenerationMixin):
         aux_t, z_t, loads = [], [], []
         for i, a in enumerate(auxs):
             probs, ids, logits = a['probs'], a['ids'], a['logits']
-            if keep is not None and keep.numel() == ids.shape[0]: probs, ids, logits = probs[keep], ids[keep], logits[keep]
-            counts = torch.bincount(ids.reshape(-1), minlength=c.n_routed_experts)
+            counts = a.get('counts')                              # the layer's own count, when no token is masked
+            if keep is not None and keep.numel() == ids.shape[0]:
+                probs, ids, logits, counts = probs[keep], ids[keep], logits[keep], None
+            if counts is None: counts = torch.bincount(ids.reshape(-1), minlength=c.n_routed_experts)
             loads.append(counts)
             if self.training and c.balance == 'aux_free':
                 self._step_counts[i] = self._step_counts.get(i, 0) + counts
@@ -383,17 +493,20 @@ class CompassForCausalLM(CompassPreTrainedModel, GenerationMixin):
                 labels:Tensor|None=None, # (B, S) targets (shifted inside); -100 = ignore
                 use_cache:bool|None=None, logits_to_keep:int=0, output_hidden_states:bool|None=None,
                 output_router_logits:bool=False, return_dict:bool|None=None, **kwargs)->CompassOutput:
-        "Logits, cache, and with `labels` the loss L_LM + α·L_aux + β·L_z."
+        "Logits, cache, and with `labels` the loss L_LM + α·L_aux + β·L_z (in training: no logits, see `fuse_lm_loss`)."
         if cache is None and kwargs.get('past_key_values') is not None: cache = kwargs['past_key_values']
         use_cache = use_cache if use_cache is not None else (self.config.use_cache and not self.training)
         h, cache, auxs, hs = self.model(input_ids, attention_mask, position_ids, cache, inputs_embeds, use_cache,
                                         bool(output_hidden_states))
-        logits = self.lm_head(h[:, -logits_to_keep:] if logits_to_keep else h)
+        fuse = (labels is not None and self.config.fuse_lm_loss and not logits_to_keep and torch.is_grad_enabled()
+                and (h.requires_grad or self.lm_head.weight.requires_grad))   # training: the loss without logits
+        logits = None if fuse else self.lm_head(h[:, -logits_to_keep:] if logits_to_keep else h)
         aux, z, load = self._balance_terms(auxs, attention_mask)
         loss = lm = None
         if labels is not None:
             shifted = F.pad(labels[:, 1:], (0, 1), value=-100)     # predict token t+1 at t; shift labels, not logits
-            lm = _CrossEntropyFn.apply(logits.reshape(-1, logits.shape[-1]), shifted.reshape(-1), -100)
+            if fuse: lm = linear_cross_entropy(h.reshape(-1, h.shape[-1]), self.lm_head.weight, shifted.reshape(-1))
+            else: lm = _CrossEntropyFn.apply(logits.reshape(-1, logits.shape[-1]), shifted.reshape(-1), -100)
             loss = lm + self.config.z_loss_beta * z
             if self.config.balance == 'aux': loss = loss + self.config.aux_loss_alpha * aux
         return CompassOutput(loss=loss, logits=logits, cache=cache if use_cache else None, hidden_states=hs,

@@ -67,6 +67,7 @@ def _gmm(a:Tensor, # (S, K) rows sorted by group
          b:Tensor, # (G, K, N) one matrix per group
          counts:list[int], # rows per group (sums to S)
          trans_b:bool=False, # multiply by b[g].T instead
+         offs:Tensor|None=None, # `_offsets(counts)`, if the caller has it already
         )->Tensor:
     "Grouped matmul: rows of group g times b[g]. `F.grouped_mm` where it applies, else a loop of mm into one buffer."
     bb = b.transpose(1, 2) if trans_b else b
@@ -76,16 +77,17 @@ def _gmm(a:Tensor, # (S, K) rows sorted by group
             if c: torch.mm(a[s:s+c], bb[g], out=out[s:s+c])
             s += c
         return out
-    return F.grouped_mm(a, bb, offs=_offsets(counts, a.device))
+    return F.grouped_mm(a, bb, offs=_offsets(counts, a.device) if offs is None else offs)
 
 def _gmm_wgrad(a:Tensor, # (S, K) rows sorted by group
                g:Tensor, # (S, N) output gradient rows
                counts:list[int], # rows per group
                n_groups:int, # G
+               offs:Tensor|None=None, # `_offsets(counts)`, if the caller has it already
               )->Tensor:
     "Per-group a[g].T @ g[g] -> (G, K, N); groups with no rows get zeros."
     if not a.is_cuda and _grouped_mm_ok(a.t(), g) and g.shape[1] * g.element_size() % 16 == 0:
-        out = F.grouped_mm(a.t(), g, offs=_offsets(counts, a.device))
+        out = F.grouped_mm(a.t(), g, offs=_offsets(counts, a.device) if offs is None else offs)
         empty = [e for e, c in enumerate(counts) if c == 0]
         if empty: out[empty] = 0                                  # make "no rows, zero gradient" explicit
         return out
@@ -118,33 +120,35 @@ class GroupedExperts(torch.autograd.Function):
     def forward(ctx, x, ids, weights, w_gate_up, w_down):
         T, k = ids.shape
         order, inv, tok, counts = _sort_by_expert(ids, w_gate_up.shape[0])
-        ws = weights.reshape(-1)[order].to(x.dtype)               # combine weight of each sorted row
+        offs = _offsets(counts, x.device)
+        ws = weights.reshape(-1)[order].to(x.dtype)[:, None]      # combine weight of each sorted row
         xs = x.index_select(0, tok)                               # (S, H) sorted input
-        h = _gmm(xs, w_gate_up, counts)                           # (S, 2F) gate | up
-        y = _gmm(swiglu(h), w_down, counts)                       # (S, H)
-        ctx.save_for_backward(xs, h, inv, tok, ws, w_gate_up, w_down)
+        h = _gmm(xs, w_gate_up, counts, offs=offs)                # (S, 2F) gate | up
+        Fd = h.shape[1] // 2
+        silu_g = F.silu(h[:, :Fd])                                # kept for backward (cheaper than recomputing)
+        aw = (silu_g * h[:, Fd:]).mul_(ws)                        # SwiGLU output, weighted: (w·a) Wd = w·(a Wd)
+        y = _gmm(aw, w_down, counts, offs=offs)                   # (S, H), already weighted
+        ctx.save_for_backward(xs, h, silu_g, inv, tok, ws, offs, w_gate_up, w_down)
         ctx.counts, ctx.k, ctx.wdtype = counts, k, weights.dtype
-        return _unsort_sum(y.mul_(ws[:, None]), inv, k)           # weight, back to token order, sum the k slots
+        return _unsort_sum(y, inv, k)                             # back to token order, sum the k slots
 
     @staticmethod
     def backward(ctx, gout):
-        xs, h, inv, tok, ws, w_gate_up, w_down = ctx.saved_tensors
+        xs, h, silu_g, inv, tok, ws, offs, w_gate_up, w_down = ctx.saved_tensors
         counts, k, E = ctx.counts, ctx.k, w_gate_up.shape[0]
         gs = gout.contiguous().index_select(0, tok)               # (S, H) output grad of each sorted row
         Fd = h.shape[1] // 2
         g, u = h[:, :Fd], h[:, Fd:]
-        silu_g = F.silu(g)
-        a = silu_g * u                                            # recomputed SwiGLU output
-        da0 = _gmm(gs, w_down, counts, trans_b=True)              # (S, F) = gout @ Wd^T, before weighting
+        a = silu_g * u                                            # recomputed SwiGLU output (unweighted)
+        da0 = _gmm(gs, w_down, counts, trans_b=True, offs=offs)   # (S, F) = gout @ Wd^T: the grad of w·a
         dweights = torch.linalg.vecdot(da0, a).index_select(0, inv).to(ctx.wdtype)   # dL/d(combine weight), token order
-        gs.mul_(ws[:, None])                                      # now the grad of each expert's output row
-        dw_down = _gmm_wgrad(a, gs, counts, E)
-        da = da0.mul_(ws[:, None])
+        dw_down = _gmm_wgrad(a.mul_(ws), gs, counts, E, offs=offs)                  # (w·a)ᵀ g
+        da = da0.mul_(ws)
         dh = torch.empty_like(h)
         torch.ops.aten.silu_backward(da * u, g, grad_input=dh[:, :Fd])   # d gate
         torch.mul(da, silu_g, out=dh[:, Fd:])                              # d up
-        dw_gate_up = _gmm_wgrad(xs, dh, counts, E)
-        dx = _unsort_sum(_gmm(dh, w_gate_up, counts, trans_b=True), inv, k)   # each token's k rows, summed
+        dw_gate_up = _gmm_wgrad(xs, dh, counts, E, offs=offs)
+        dx = _unsort_sum(_gmm(dh, w_gate_up, counts, trans_b=True, offs=offs), inv, k)   # each token's k rows, summed
         return dx, None, dweights.view(-1, k), dw_gate_up, dw_down
 
 def experts_grouped(x:Tensor, # (T, H) token activations
@@ -242,10 +246,13 @@ class CompassMoE(nn.Module):
                )->tuple[Tensor, dict]:
         shape = x.shape
         x = x.reshape(-1, shape[-1])
-        logits = self.router(x)
+        if self.shared is None: logits = self.router(x)
+        else:   # one product for the router and the shared experts' gate|up: x is read once, and once in backward
+            both = F.linear(x, torch.cat([self.router.weight, self.shared.gate_up.weight]))
+            logits, shared_h = both.split([self.E, both.shape[1] - self.E], dim=1)   # backward: one cat
         weights, ids, probs = route(logits, self.k, self.balance_bias if self.use_bias else None, self.renormalize)
         if self.capacity_factor is not None: weights, _ = apply_capacity(ids, weights, self.E, self.capacity_factor)
         out = get_experts_impl(self.impl, x.device)(x, ids, weights, self.w_gate_up, self.w_down)
-        if self.shared is not None: out = out + self.shared(x)
+        if self.shared is not None: out = out + self.shared.down(swiglu(shared_h))
         counts = torch.bincount(ids.reshape(-1), minlength=self.E)
         return out.view(shape), dict(logits=logits, probs=probs, ids=ids, counts=counts)

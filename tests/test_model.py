@@ -158,10 +158,13 @@ def test_lm_loss_matches_torch_cross_entropy(tiny):
     x = torch.randint(0, 512, (2, 11)); x[1, 7:] = 0
     labels = x.clone(); labels[1, 7:] = -100                      # padding ignored
     tiny.train()
-    out = tiny(x, labels=labels)
+    out = tiny(x, labels=labels)                                  # training: the fused head + loss, no logits
+    assert out.logits is None
+    with torch.no_grad(): logits = tiny(x).logits
     shifted = F.pad(labels[:, 1:], (0, 1), value=-100)
-    ref = F.cross_entropy(out.logits.reshape(-1, 512).float(), shifted.reshape(-1), ignore_index=-100)
+    ref = F.cross_entropy(logits.reshape(-1, 512).float(), shifted.reshape(-1), ignore_index=-100)
     torch.testing.assert_close(out.lm_loss, ref)
+    with torch.no_grad(): torch.testing.assert_close(tiny(x, labels=labels).lm_loss, ref)   # unfused path, same value
     tiny.eval()
 
 @pytest.mark.parametrize('dtype', [torch.float64, torch.float32, torch.bfloat16])
@@ -221,3 +224,93 @@ def test_rope_matches_textbook_formula_and_gradcheck():
     # with general (unequal-halves) tables too, the backward is the exact transpose
     c2, s2 = torch.randn(1, 1, 7, 12, dtype=torch.float64), torch.randn(1, 1, 7, 12, dtype=torch.float64)
     assert torch.autograd.gradcheck(lambda t: apply_rope(t, c2, s2), (x.detach()[:1, :1].clone().requires_grad_(),))
+
+
+# --- fused output head + loss, fused QK-norm + RoPE, router + shared experts in one product (issue #4, third pass) ---
+from compass_nbdev.model import linear_cross_entropy, Attention
+from compass_nbdev.moe import CompassMoE, swiglu
+
+@pytest.mark.parametrize('dtype,chunk_rows', [(torch.float64, 64), (torch.float32, 64), (torch.float32, 1000)])
+def test_linear_cross_entropy_matches_torch(dtype, chunk_rows):
+    g = torch.Generator().manual_seed(3)
+    h = (torch.randn(150, 24, generator=g) * 2).to(dtype).requires_grad_()
+    w = torch.randn(70, 24, generator=g).to(dtype).requires_grad_()
+    t = torch.randint(0, 70, (150,), generator=g); t[::5] = -100
+    ours = linear_cross_entropy(h, w, t, chunk_bytes=chunk_rows * 70 * 4)     # 64 rows: three chunks, the last short
+    ref = F.cross_entropy(F.linear(h, w), t, ignore_index=-100)
+    torch.testing.assert_close(ours, ref)
+    for a, b in zip(torch.autograd.grad(ours * 2.5, (h, w)), torch.autograd.grad(ref * 2.5, (h, w))):   # g != 1 too
+        torch.testing.assert_close(a, b)
+
+def test_linear_cross_entropy_edge_cases():
+    h, w = torch.randn(4, 8, requires_grad=True), torch.randn(5, 8, requires_grad=True)
+    none = linear_cross_entropy(h, w, torch.full((4,), -100))
+    assert torch.isnan(none)                                          # 0/0, as F.cross_entropy
+    none.backward(); assert (h.grad == 0).all() and (w.grad == 0).all()
+    with pytest.raises(ValueError, match=r"h \(4, 8\), weight \(5, 7\)"): linear_cross_entropy(h, torch.randn(5, 7), torch.zeros(4, dtype=torch.long))
+    with pytest.raises(ValueError, match="target"): linear_cross_entropy(h, w, torch.zeros(3, dtype=torch.long))
+
+def test_linear_cross_entropy_under_autocast():
+    g = torch.Generator().manual_seed(4)
+    h, w = torch.randn(40, 16, generator=g, requires_grad=True), (torch.randn(30, 16, generator=g) * .3).requires_grad_()
+    t = torch.randint(0, 30, (40,), generator=g)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        ours = linear_cross_entropy(h, w, t)
+        ref = F.cross_entropy(F.linear(h, w).float(), t)
+    assert ours.dtype == torch.float32
+    gh, gw = torch.autograd.grad(ours, (h, w)); rh, rw = torch.autograd.grad(ref, (h, w))
+    assert gh.dtype == gw.dtype == torch.float32
+    torch.testing.assert_close(ours, ref, atol=2e-2, rtol=2e-2)
+    torch.testing.assert_close(gw, rw, atol=2e-3, rtol=5e-2)
+
+@pytest.mark.parametrize('tied', [True, False])
+def test_fused_training_loss_equals_unfused(tied):
+    x = torch.randint(0, 512, (2, 10)); labels = x.clone(); labels[0, :3] = -100
+    runs = []
+    for fuse in (True, False):
+        torch.manual_seed(0)
+        m = CompassForCausalLM(CompassConfig.from_preset('tiny', tie_word_embeddings=tied, fuse_lm_loss=fuse)).train()
+        out = m(x, labels=labels)
+        assert (out.logits is None) == fuse
+        out.loss.backward()
+        runs.append((out.loss.detach(), {n: p.grad for n, p in m.named_parameters()}))
+    torch.testing.assert_close(runs[0][0], runs[1][0])
+    assert runs[0][1].keys() == runs[1][1].keys()
+    for n in runs[0][1]: torch.testing.assert_close(runs[0][1][n], runs[1][1][n], atol=1e-6, rtol=1e-5, msg=n)
+
+def test_fuse_lm_loss_must_be_bool():
+    with pytest.raises(ConfigError, match="^fuse_lm_loss: must be true or false"): CompassConfig.from_preset('tiny', fuse_lm_loss='yes')
+
+def test_fused_qk_norm_rope_matches_module_path():
+    torch.manual_seed(0)
+    att = Attention(CompassConfig(hidden_size=48, num_attention_heads=6, num_key_value_heads=2, head_dim=8), 0).double()
+    for n in (att.q_norm, att.k_norm): torch.nn.init.normal_(n.weight)
+    x = torch.randn(3, 7, 48, dtype=torch.float64, requires_grad=True)
+    cos, sin = rope_cos_sin(torch.arange(7)[None].expand(3, 7), 8, 1e4, torch.float64)
+    params = [x] + list(att.parameters())
+    y = att(x, cos, sin, None)                                         # grad on, CPU: the fused function
+    gy = torch.autograd.grad(y.pow(2).sum(), params)
+    with torch.no_grad(): y_ref0 = att(x, cos, sin, None)              # no grad: the module-by-module path
+    torch.testing.assert_close(y, y_ref0)
+    qkv = att.qkv(x).view(3, 7, -1, 8)                                  # the module path again, now with autograd
+    q, k, v = qkv.split([6, 2, 2], dim=2)
+    q = apply_rope(F.rms_norm(q, (8,), att.q_norm.weight, att.q_norm.eps).transpose(1, 2), cos, sin)
+    k = apply_rope(F.rms_norm(k, (8,), att.k_norm.weight, att.k_norm.eps).transpose(1, 2), cos, sin)
+    yr = att.o(F.scaled_dot_product_attention(q, k, v.transpose(1, 2), is_causal=True, enable_gqa=True).transpose(1, 2).reshape(3, 7, -1))
+    for a, b in zip(gy, torch.autograd.grad(yr.pow(2).sum(), params)): torch.testing.assert_close(a, b)
+
+def test_router_and_shared_in_one_product_match_separate_modules():
+    torch.manual_seed(1)
+    moe = CompassMoE(16, 8, n_experts=6, k=2, n_shared=2).double()
+    x = torch.randn(11, 16, dtype=torch.float64, requires_grad=True)
+    y, aux = moe(x)
+    torch.testing.assert_close(aux['logits'], moe.router(x))
+    params = [x] + list(moe.parameters())
+    g1 = torch.autograd.grad((y.sin().sum() + aux['logits'].pow(2).sum()), params)
+    logits = moe.router(x)                                             # the same layer, written module by module
+    from compass_nbdev.moe import route, experts_grouped
+    wts, ids, _ = route(logits, 2)
+    y2 = experts_grouped(x, ids, wts, moe.w_gate_up, moe.w_down) + moe.shared(x)
+    g2 = torch.autograd.grad((y2.sin().sum() + logits.pow(2).sum()), params)
+    torch.testing.assert_close(y, y2)
+    for a, b in zip(g1, g2): torch.testing.assert_close(a, b)

@@ -1,0 +1,98 @@
+"""A/B timing on CPU: this working tree's `compass_nbdev` against the package at an earlier commit, in one process.
+
+Extracts `compass_nbdev/` at `--base` (default HEAD) with `git archive` into a temporary folder under another name,
+builds the same models from both with the same seed, and times them interleaved, so that machine load hits both alike.
+Three levels, at `bench/model_cpu.py`'s sizes (tokens 2×256, hidden 256, 4 layers, 32 experts × 128, top-4, vocab 8192):
+
+- `head`: output head + mean cross-entropy, forward + backward (the earlier `lm_head` + `_CrossEntropyFn` path when
+  `--base` predates `linear_cross_entropy`);
+- `moe`: one `CompassMoE` layer, forward + backward, without and with one shared expert;
+- `model`: the whole `CompassForCausalLM` training step, blocks of 4 steps with the first untimed.
+
+    python bench/cpu_ab.py --base ffa228b [--keep-freed-memory]
+
+Prints one line per comparison: median times, the change, and the largest difference of the outputs.
+"""
+import argparse, ctypes, importlib, io, statistics, subprocess, sys, tarfile, tempfile, time
+from pathlib import Path
+import torch
+import torch.nn.functional as F
+
+def load_base(commit:str, dest:Path):
+    "Import `compass_nbdev` as it was at `commit`, under the name `compass_base`."
+    tar = subprocess.run(['git', 'archive', commit, 'compass_nbdev'], capture_output=True, check=True).stdout
+    tarfile.open(fileobj=io.BytesIO(tar)).extractall(dest)
+    (dest/'compass_nbdev').rename(dest/'compass_base')
+    sys.path.insert(0, str(dest))
+    return importlib.import_module('compass_base.model'), importlib.import_module('compass_base.moe')
+
+def med(ts): return statistics.median(ts) * 1e3
+
+def interleave(fns:dict, rounds:int, per:int=1, settle:bool=False)->dict:
+    "Median ms of each fn, timed in turn for `rounds` rounds of `per` calls (plus one untimed call first if `settle`)."
+    ts = {k: [] for k in fns}
+    for _ in range(rounds):
+        for k, f in fns.items():
+            if settle: f()
+            for _ in range(per):
+                t = time.perf_counter(); f(); ts[k].append(time.perf_counter() - t)
+    return {k: med(v) for k, v in ts.items()}
+
+def report(what, m, diff):
+    print(f"{what:34s} base {m['base']:7.2f} ms   new {m['new']:7.2f} ms   {m['new']/m['base']-1:+6.1%}   max rel diff {diff:.1e}", flush=True)
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument('--base', default='HEAD'); ap.add_argument('--threads', type=int, default=2)
+    ap.add_argument('--keep-freed-memory', action='store_true', help='glibc: keep freed memory (no page faults), both alike')
+    ap.add_argument('--only', choices=('head', 'moe', 'model', 'all'), default='all')
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    if a.keep_freed_memory:
+        sys.path.insert(0, str(Path(__file__).parent)); from model_cpu import keep_freed_memory; keep_freed_memory()
+    import compass_nbdev.model as NM, compass_nbdev.moe as NE
+    tmp = tempfile.TemporaryDirectory()
+    BM, BE = load_base(a.base, Path(tmp.name))
+    print(f"base {a.base} vs working tree; threads {a.threads}; freed memory {'kept' if a.keep_freed_memory else 'glibc default'}")
+    g = torch.Generator().manual_seed(0)
+    if a.only in ('head', 'all'):
+        h0, w = torch.randn(512, 256, generator=g), (torch.randn(8192, 256, generator=g) * .02).requires_grad_()
+        t = torch.randint(0, 8192, (512,), generator=g)
+        def head(fused):
+            def f():
+                h = h0.clone().requires_grad_(); w.grad = None
+                l = NM.linear_cross_entropy(h, w, t) if fused else BM._CrossEntropyFn.apply(F.linear(h, w), t, -100)
+                l.backward(); return l.detach()
+            return f
+        diff = float((head(True)() - head(False)()).abs())
+        report('head + loss (fwd+bwd)', interleave({'base': head(False), 'new': head(True)}, 30), diff)
+    if a.only in ('moe', 'all'):
+        x0 = torch.randn(512, 256, generator=g)
+        for shared in (0, 1):
+            mods = {}
+            for k, E in (('base', BE), ('new', NE)):
+                torch.manual_seed(0); mods[k] = E.CompassMoE(256, 128, 32, 4, shared)
+            def run(m):
+                x = x0.clone().requires_grad_(); m.zero_grad(set_to_none=True)
+                y, aux = m(x); (y.sum() + aux['probs'].sum()).backward(); return y.detach()
+            ya, yb = run(mods['base']), run(mods['new'])
+            diff = float((ya - yb).abs().max() / ya.abs().max())
+            report(f'MoE layer, {shared} shared (fwd+bwd)', interleave({k: (lambda m=m: run(m)) for k, m in mods.items()}, 30, settle=True), diff)
+    if a.only in ('model', 'all'):
+        x = torch.randint(0, 8192, (2, 256), generator=g)
+        for shared in (0, 1):
+            ms = {}
+            for k, M in (('base', BM), ('new', NM)):
+                cfg = M.CompassConfig(vocab_size=8192, hidden_size=256, num_hidden_layers=4, num_attention_heads=4,
+                                      num_key_value_heads=2, head_dim=64, moe_intermediate_size=128, num_experts_per_tok=4,
+                                      n_routed_experts=32, n_shared_experts=shared, first_k_dense=0, tie_word_embeddings=False,
+                                      aux_loss_alpha=1e-3, z_loss_beta=0., max_position_embeddings=4096)
+                torch.manual_seed(0); ms[k] = M.CompassForCausalLM(cfg).train()
+            def step(m):
+                out = m(input_ids=x, labels=x); out.loss.backward(); m.zero_grad(set_to_none=True); return out.loss.detach()
+            la, lb = step(ms['base']), step(ms['new'])
+            report(f'model step, {shared} shared', interleave({k: (lambda m=m: step(m)) for k, m in ms.items()}, 6, per=3, settle=True),
+                   float((la - lb).abs() / la.abs()))
+
+if __name__ == '__main__':
+    main()
