@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 from .core import (Config, ConfigError, CompassError, DataError, LANGS, atomic_write, atomic_write_json,
                    atomic_write_text, check_lang, resolve_data_dir, get_logger)
-from .model import CompassConfig, CompassForCausalLM, model_stats, rope_cos_sin, PRESETS as MODEL_PRESETS
+from .model import (CompassConfig, CompassForCausalLM, model_stats, rope_cos_sin, linear_cross_entropy,
+                                 PRESETS as MODEL_PRESETS)
 from .train import StageConfig, lr_at
 
 # %% auto #0
@@ -238,7 +239,7 @@ def packed_forward(model:CompassForCausalLM, # a Compass causal LM
                    input_ids, segment_ids, position_ids, # (B, S) each, from `pack_examples`
                    labels=None, # (B, S) targets aligned with input_ids (-100 = ignore); shifted inside
                   )->dict:
-    "Logits (and loss) with block-diagonal causal attention: no token sees another example."
+    "Logits (and loss) with block-diagonal causal attention: no token sees another example. Training: loss only."
     m, c = model.model, model.config
     x = m.embed_tokens(input_ids)
     cos, sin = rope_cos_sin(position_ids, c.head_dim, c.rope_theta, x.dtype)
@@ -249,12 +250,14 @@ def packed_forward(model:CompassForCausalLM, # a Compass causal LM
     for layer in m.layers:
         x, aux = layer(x, cos, sin, mask)
         if aux is not None: auxs.append(aux)
-    logits = model.lm_head(m.norm(x))
-    out = dict(logits=logits)
+    h = m.norm(x)
+    fuse = labels is not None and c.fuse_lm_loss and torch.is_grad_enabled()   # as CompassForCausalLM: no logits
+    out = dict(logits=None if fuse else model.lm_head(h))
     if labels is not None:
         aux, z, _ = model._balance_terms(auxs, segment_ids > 0)   # router balance terms on real tokens only
-        tgt = F.pad(labels[:, 1:], (0, 1), value=-100)
-        lm = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), tgt.reshape(-1), ignore_index=-100)
+        tgt = F.pad(labels[:, 1:], (0, 1), value=-100).reshape(-1)
+        if fuse: lm = linear_cross_entropy(h.reshape(-1, h.shape[-1]), model.lm_head.weight, tgt)
+        else: lm = F.cross_entropy(out['logits'].reshape(-1, out['logits'].shape[-1]).float(), tgt, ignore_index=-100)
         loss = lm + c.z_loss_beta * z + (c.aux_loss_alpha * aux if c.balance == 'aux' else 0)
         out.update(loss=loss, lm_loss=lm, n_targets=int((tgt != -100).sum()))
     return out

@@ -437,12 +437,13 @@ def linear_cross_entropy(h:Tensor, # (N, H) last hidden states
                          weight:Tensor, # (V, H) output head
                          target:Tensor, # (N,) next-token ids; `ignore_index` = no loss
                          ignore_index:int=-100,
-                         chunk_bytes:int=16 << 20, # float32 logits held at once; at least 64 rows
+                         chunk_bytes:int|None=None, # float32 logits held at once (at least 64 rows); None: 16 MB on CPU, 1 GB on GPUs
                         )->Tensor:
     "Mean cross-entropy of `h @ weight.T` against `target`, without materialising the (N, V) logits."
     if h.dim() != 2 or weight.dim() != 2 or h.shape[1] != weight.shape[1] or target.shape != h.shape[:1]:
         raise ValueError(f"linear_cross_entropy: h {tuple(h.shape)}, weight {tuple(weight.shape)} and target "
                          f"{tuple(target.shape)} must be (N, H), (V, H) and (N,)")
+    if chunk_bytes is None: chunk_bytes = 16 << 20 if h.device.type == 'cpu' else 1 << 30   # GPUs want big products
     return _LinearCrossEntropyFn.apply(h, weight, target, ignore_index, max(64, chunk_bytes // (4 * weight.shape[0])))
 
 # %% ../nbs/50_model.ipynb #59eb49eb
