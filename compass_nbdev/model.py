@@ -404,7 +404,8 @@ class _LinearCrossEntropyFn(torch.autograd.Function):
             kf = keep.to(torch.promote_types(dt, torch.float32)) / n.clamp(min=1)   # weight of each row in the mean
             ct = torch.promote_types(dt, torch.float32)                 # the softmax's dtype: at least float32
             f32 = dt == ct                                             # no casts: the products write the logits
-            dh = torch.empty(h.shape, dtype=h.dtype, device=h.device)
+            need_h, need_w = ctx.needs_input_grad[:2]                 # under no_grad: the loss only
+            dh = torch.empty(h.shape, dtype=h.dtype, device=h.device) if need_h else None
             dw = None                                                  # float32 (or wider) sum over the chunks
             buf = torch.empty(min(rows, h.shape[0]), w.shape[0], dtype=ct, device=h.device) if f32 else None
             loss = torch.zeros((), dtype=ct, device=h.device)
@@ -418,12 +419,14 @@ class _LinearCrossEntropyFn(torch.autograd.Function):
                 z.scatter_add_(1, tc, -ssum[:, None])                      # = ssum * (softmax - onehot)
                 r = (kf[s:e] / ssum)[:, None]                              # undo ssum, apply the mean's weight
                 p = z if f32 else z.to(dt)
-                dh[s:e] = torch.mm(p, wd).mul_(r.to(dt))
+                if need_h: dh[s:e] = torch.mm(p, wd).mul_(r.to(dt))
+                if not need_w: continue
                 hs = hd[s:e] * r.to(dt)
                 if dw is None: dw = torch.mm(p.t(), hs).to(torch.promote_types(w.dtype, torch.float32))
                 elif f32: dw.addmm_(p.t(), hs)
                 else: dw.add_(torch.mm(p.t(), hs))
-        ctx.save_for_backward(dh, dw.to(w.dtype))
+            if need_w and dw is None: dw = torch.zeros_like(w)         # no rows at all
+        ctx.save_for_backward(dh, dw.to(w.dtype) if need_w else None)
         return loss / n                                                # 0/0 = nan when nothing is kept, as in torch
 
     @staticmethod
@@ -431,7 +434,7 @@ class _LinearCrossEntropyFn(torch.autograd.Function):
     def backward(ctx, g):
         dh, dw = ctx.saved_tensors
         if g.device.type == 'cpu' and float(g) == 1.0: return dh, dw, None, None, None   # the usual case: no copy
-        return dh * g.to(dh.dtype), dw * g.to(dw.dtype), None, None, None
+        return (None if dh is None else dh * g.to(dh.dtype)), (None if dw is None else dw * g.to(dw.dtype)), None, None, None
 
 def linear_cross_entropy(h:Tensor, # (N, H) last hidden states
                          weight:Tensor, # (V, H) output head

@@ -249,6 +249,14 @@ def test_linear_cross_entropy_edge_cases():
     none.backward(); assert (h.grad == 0).all() and (w.grad == 0).all()
     with pytest.raises(ValueError, match=r"h \(4, 8\), weight \(5, 7\)"): linear_cross_entropy(h, torch.randn(5, 7), torch.zeros(4, dtype=torch.long))
     with pytest.raises(ValueError, match="target"): linear_cross_entropy(h, w, torch.zeros(3, dtype=torch.long))
+    t = torch.randint(0, 5, (4,))
+    with torch.no_grad(): torch.testing.assert_close(linear_cross_entropy(h, w, t), F.cross_entropy(F.linear(h, w), t))
+    frozen = w.detach()                                               # a frozen head: only the input gradient
+    (gh,) = torch.autograd.grad(linear_cross_entropy(h, frozen, t), h)
+    torch.testing.assert_close(gh, torch.autograd.grad(F.cross_entropy(F.linear(h, frozen), t), h)[0])
+    w0 = torch.randn(5, 8, requires_grad=True)                        # no rows: nan loss, zero gradient
+    linear_cross_entropy(torch.randn(0, 8), w0, torch.zeros(0, dtype=torch.long)).backward()
+    assert (w0.grad == 0).all()
 
 def test_linear_cross_entropy_under_autocast():
     g = torch.Generator().manual_seed(4)
