@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The device checks of issues #5 (Triton kernels) and #6 (gpu-small MFU) as ONE call, for a session lent a GPU.
+# From the repository root, on the GPU machine (its python3 already has torch, triton, transformers, accelerate):
+#     bash bench/gpu_session.sh          # about 5-8 minutes; give it timeout_s=540
+# Writes gpu.txt, moe_kernels.log, results.json, table.md, train_gpu.log into $OUT (or /tmp/gpu_out), then copy
+# the final lines into bench/RESULTS.md and the tables into nbs/31_kernels.ipynb / nbs/60_train.ipynb.
+# On a machine without CUDA both benchmarks say so and stop at once (moe_kernels exits 2, train_gpu 0).
+set -o pipefail
+cd "$(dirname "$0")/.."
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 TQDM_DISABLE=1
+unset TRITON_INTERPRET                       # the interpreter is for CPU tests only
+OUT="${OUT:-/tmp/gpu_out}"; mkdir -p "$OUT"
+PY="${PYTHON:-python3}"
+{ date -u; nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv 2>&1;
+  "$PY" -c 'import torch, triton, transformers; print("torch", torch.__version__, "triton", triton.__version__, "transformers", transformers.__version__)'; } | tee "$OUT/gpu.txt"
+timeout 300 "$PY" bench/moe_kernels.py --out "$OUT" 2>&1 | tee "$OUT/moe_kernels.log"; k=$?
+timeout 200 "$PY" bench/train_gpu.py 2>&1 | tee "$OUT/train_gpu.log"; t=$?
+echo "moe_kernels exit $k, train_gpu exit $t" | tee -a "$OUT/gpu.txt"
+grep -h -e '^moe_kernels ' -e '^train_gpu ' "$OUT/moe_kernels.log" "$OUT/train_gpu.log"
+[ $k -eq 0 ] && [ $t -eq 0 ]
