@@ -15,8 +15,7 @@ import torch
 import torch.nn.functional as F
 from .core import (Config, ConfigError, CompassError, DataError, LANGS, atomic_write, atomic_write_json,
                    atomic_write_text, check_lang, resolve_data_dir, get_logger)
-from .model import (CompassConfig, CompassForCausalLM, model_stats, rope_cos_sin, linear_cross_entropy,
-                                 PRESETS as MODEL_PRESETS)
+from .model import CompassConfig, CompassForCausalLM, model_stats, PRESETS as MODEL_PRESETS
 from .train import StageConfig, lr_at
 
 # %% auto #0
@@ -240,27 +239,11 @@ def packed_forward(model:CompassForCausalLM, # a Compass causal LM
                    labels=None, # (B, S) targets aligned with input_ids (-100 = ignore); shifted inside
                   )->dict:
     "Logits (and loss) with block-diagonal causal attention: no token sees another example. Training: loss only."
-    m, c = model.model, model.config
-    x = m.embed_tokens(input_ids)
-    cos, sin = rope_cos_sin(position_ids, c.head_dim, c.rope_theta, x.dtype)
-    S = input_ids.shape[1]
-    causal = torch.ones(S, S, dtype=torch.bool, device=x.device).tril()
-    mask = ((segment_ids[:, :, None] == segment_ids[:, None, :]) & causal)[:, None]
-    auxs = []
-    for layer in m.layers:
-        x, aux = layer(x, cos, sin, mask)
-        if aux is not None: auxs.append(aux)
-    h = m.norm(x)
-    fuse = labels is not None and c.fuse_lm_loss and torch.is_grad_enabled()   # as CompassForCausalLM: no logits
-    out = dict(logits=None if fuse else model.lm_head(h))
+    out = model(input_ids=input_ids, position_ids=position_ids, segment_ids=segment_ids, labels=labels)
+    res = dict(logits=out.logits)
     if labels is not None:
-        aux, z, _ = model._balance_terms(auxs, segment_ids > 0)   # router balance terms on real tokens only
-        tgt = F.pad(labels[:, 1:], (0, 1), value=-100).reshape(-1)
-        if fuse: lm = linear_cross_entropy(h.reshape(-1, h.shape[-1]), model.lm_head.weight, tgt)
-        else: lm = F.cross_entropy(out['logits'].reshape(-1, out['logits'].shape[-1]).float(), tgt, ignore_index=-100)
-        loss = lm + c.z_loss_beta * z + (c.aux_loss_alpha * aux if c.balance == 'aux' else 0)
-        out.update(loss=loss, lm_loss=lm, n_targets=int((tgt != -100).sum()))
-    return out
+        res.update(loss=out.loss, lm_loss=out.lm_loss, n_targets=int((labels[:, 1:] != -100).sum()))
+    return res
 
 # %% ../nbs/80_reasoning.ipynb #16ee5e40
 @dataclass

@@ -21,8 +21,8 @@ from .balance import (aux_loss, z_loss, GlobalCounts, all_reduce_counts, update_
 
 # %% auto #0
 __all__ = ['PRESETS', 'CompassConfig', 'model_stats', 'RMSNorm', 'rope_cos_sin', 'apply_rope', 'Attention', 'attention_mask_4d',
-           'DecoderLayer', 'CompassOutput', 'CompassPreTrainedModel', 'CompassModel', 'linear_cross_entropy',
-           'CompassForCausalLM']
+           'segment_positions', 'segment_mask_4d', 'DecoderLayer', 'CompassOutput', 'CompassPreTrainedModel',
+           'CompassModel', 'linear_cross_entropy', 'CompassForCausalLM']
 
 # %% ../nbs/50_model.ipynb #86541d2b
 _BASE = dict(first_k_dense=1, n_shared_experts=2, num_experts_per_tok=4, norm_topk_prob=True, rope_theta=1e6,
@@ -285,6 +285,21 @@ def attention_mask_4d(attention_mask:Tensor|None, # (B, S_total) 1 = token, 0 = 
     m = (kpos <= qpos)[None] & attention_mask.bool()[:, None, :]
     return (m | (kpos == qpos)[None])[:, None]
 
+def segment_positions(segment_ids:Tensor, # (B, S) packed rows: a run of equal ids is one example
+                     )->Tensor:
+    "Each token's position within its run of equal segment ids: 0, 1, 2, ... restarting at every new run."
+    idx = torch.arange(segment_ids.shape[1], device=segment_ids.device).expand_as(segment_ids)
+    start = torch.ones_like(segment_ids, dtype=torch.bool)
+    start[:, 1:] = segment_ids[:, 1:] != segment_ids[:, :-1]
+    return idx - torch.cummax(torch.where(start, idx, torch.zeros_like(idx)), dim=1).values
+
+def segment_mask_4d(segment_ids:Tensor, # (B, S)
+                   )->Tensor:
+    "Boolean (B, 1, S, S) mask: causal, and only within the same segment (block-diagonal)."
+    S = segment_ids.shape[1]
+    causal = torch.ones(S, S, dtype=torch.bool, device=segment_ids.device).tril()
+    return ((segment_ids[:, :, None] == segment_ids[:, None, :]) & causal)[:, None]
+
 # %% ../nbs/50_model.ipynb #09a78fd7
 class DecoderLayer(nn.Module):
     "Pre-norm attention + (dense or MoE) FFN."
@@ -345,19 +360,28 @@ class CompassModel(CompassPreTrainedModel):
 
     def forward(self, input_ids:Tensor|None=None, attention_mask:Tensor|None=None, position_ids:Tensor|None=None,
                 cache:Cache|None=None, inputs_embeds:Tensor|None=None, use_cache:bool|None=None,
-                output_hidden_states:bool=False):
+                output_hidden_states:bool=False,
+                segment_ids:Tensor|None=None, # (B, S) packed rows: attention stays within equal ids
+               ):
         "Hidden states, cache, per-layer routing info."
         x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
         B, S = x.shape[:2]
-        if use_cache and cache is None: cache = DynamicCache()
-        past = cache.get_seq_length() if cache is not None else 0
-        if position_ids is None:
-            if attention_mask is not None and not bool(attention_mask.all()):
-                position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -S:]
-            else: position_ids = torch.arange(past, past + S, device=x.device)[None].expand(B, S)
+        if segment_ids is not None:
+            if attention_mask is not None or cache is not None or use_cache:
+                raise ValueError("segment_ids (packed rows) go without attention_mask, cache and use_cache")
+            if segment_ids.shape != (B, S): raise ValueError(f"segment_ids has shape {tuple(segment_ids.shape)}, expected {(B, S)}")
+            if position_ids is None: position_ids = segment_positions(segment_ids)
+            mask, past = segment_mask_4d(segment_ids.to(x.device)), 0
+        else:
+            if use_cache and cache is None: cache = DynamicCache()
+            past = cache.get_seq_length() if cache is not None else 0
+            if position_ids is None:
+                if attention_mask is not None and not bool(attention_mask.all()):
+                    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -S:]
+                else: position_ids = torch.arange(past, past + S, device=x.device)[None].expand(B, S)
+            mask = attention_mask_4d(attention_mask, S, past)
+            if mask is not None: mask = mask.to(x.device)
         cos, sin = rope_cos_sin(position_ids, self.config.head_dim, self.config.rope_theta, x.dtype)
-        mask = attention_mask_4d(attention_mask, S, past)
-        if mask is not None: mask = mask.to(x.device)
         auxs, hs = [], []
         for layer in self.layers:
             if output_hidden_states: hs.append(x)
@@ -496,16 +520,18 @@ class CompassForCausalLM(CompassPreTrainedModel, GenerationMixin):
                 position_ids:Tensor|None=None, cache:Cache|None=None, inputs_embeds:Tensor|None=None,
                 labels:Tensor|None=None, # (B, S) targets (shifted inside); -100 = ignore
                 use_cache:bool|None=None, logits_to_keep:int=0, output_hidden_states:bool|None=None,
-                output_router_logits:bool=False, return_dict:bool|None=None, **kwargs)->CompassOutput:
+                output_router_logits:bool=False, return_dict:bool|None=None,
+                segment_ids:Tensor|None=None, # (B, S) packed rows: each example attends only to itself; 0 = padding
+                **kwargs)->CompassOutput:
         "Logits, cache, and with `labels` the loss L_LM + α·L_aux + β·L_z (in training: no logits, see `fuse_lm_loss`)."
         if cache is None and kwargs.get('past_key_values') is not None: cache = kwargs['past_key_values']
-        use_cache = use_cache if use_cache is not None else (self.config.use_cache and not self.training)
+        use_cache = use_cache if use_cache is not None else (self.config.use_cache and not self.training and segment_ids is None)
         h, cache, auxs, hs = self.model(input_ids, attention_mask, position_ids, cache, inputs_embeds, use_cache,
-                                        bool(output_hidden_states))
+                                        bool(output_hidden_states), segment_ids)
         fuse = (labels is not None and self.config.fuse_lm_loss and not logits_to_keep and torch.is_grad_enabled()
                 and (h.requires_grad or self.lm_head.weight.requires_grad))   # training: the loss without logits
         logits = None if fuse else self.lm_head(h[:, -logits_to_keep:] if logits_to_keep else h)
-        aux, z, load = self._balance_terms(auxs, attention_mask)
+        aux, z, load = self._balance_terms(auxs, attention_mask if segment_ids is None else segment_ids > 0)
         loss = lm = None
         if labels is not None:
             shifted = F.pad(labels[:, 1:], (0, 1), value=-100)     # predict token t+1 at t; shift labels, not logits

@@ -322,3 +322,31 @@ def test_router_and_shared_in_one_product_match_separate_modules():
     g2 = torch.autograd.grad((y2.sin().sum() + logits.pow(2).sum()), params)
     torch.testing.assert_close(y, y2)
     for a, b in zip(g1, g2): torch.testing.assert_close(a, b)
+
+# --- packed rows: segment_ids on the model itself ---
+from compass_nbdev.model import segment_positions, segment_mask_4d
+
+def test_segment_positions_and_mask():
+    seg = torch.tensor([[1, 1, 1, 2, 2, 0, 0], [1, 2, 2, 2, 3, 3, 3]])
+    assert segment_positions(seg).tolist() == [[0, 1, 2, 0, 1, 0, 1], [0, 0, 1, 2, 0, 1, 2]]
+    m = segment_mask_4d(seg)[1, 0]
+    assert m[3].tolist() == [False, True, True, True, False, False, False]   # row 3 sees its own example's past only
+    assert m.diagonal().all()
+
+def test_packed_rows_equal_examples_alone_and_padding_is_ignored(tiny):
+    torch.manual_seed(5)
+    a, b = torch.randint(0, 512, (1, 6)), torch.randint(0, 512, (1, 3))
+    row = torch.cat([a, b, torch.zeros(1, 2, dtype=torch.long)], 1)
+    seg = torch.tensor([[1] * 6 + [2] * 3 + [0] * 2])
+    labels = row.clone(); labels[seg == 0] = -100
+    with torch.no_grad():
+        out = tiny(row, segment_ids=seg, labels=labels)
+        torch.testing.assert_close(out.logits[:, :6], tiny(a).logits, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(out.logits[:, 6:9], tiny(b).logits, atol=1e-5, rtol=1e-4)
+        assert out.expert_load.sum(1).tolist() == [9 * 2] * 3                # the 2 padding tokens are not counted
+        la = tiny(a, labels=a).lm_loss; lb = tiny(b, labels=b).lm_loss        # 5 and 2 targets inside each example,
+        nxt = F.pad(labels[:, 1:], (0, 1), value=-100)                         # plus the one that crosses examples
+        cross = F.cross_entropy(out.logits[0, 5:6], nxt[0, 5:6])
+        torch.testing.assert_close(out.lm_loss, (5 * la + 2 * lb + cross) / 8)
+    with pytest.raises(ValueError, match='segment_ids'): tiny(row, segment_ids=seg, attention_mask=torch.ones_like(row))
+    with pytest.raises(ValueError, match=r'segment_ids has shape \(1, 3\)'): tiny(row, segment_ids=seg[:, :3])
