@@ -12,7 +12,6 @@ from importlib.resources import files
 from pathlib import Path
 import numpy as np
 import torch
-import torch.nn.functional as F
 from .core import (Config, ConfigError, CompassError, DataError, LANGS, atomic_write, atomic_write_json,
                    atomic_write_text, check_lang, resolve_data_dir, get_logger)
 from .model import CompassConfig, CompassForCausalLM, model_stats, PRESETS as MODEL_PRESETS

@@ -181,25 +181,26 @@ def rope_cos_sin(position_ids:Tensor, # (B, S) positions
     ang = torch.cat([ang, ang], -1)[:, None]
     return ang.cos().to(dtype), ang.sin().to(dtype)
 
+def _rotate(y:Tensor, c:Tensor, s:Tensor, sign:float=1.)->Tensor:
+    "y·c + (∓y2, ±y1)·s: RoPE (sign 1) or its inverse, the transpose (sign -1), in one new buffer (no neg, no cat)."
+    # sign 1: (y1·cos - y2·sin, y2·cos + y1·sin); sign -1: (y1·cos + y2·sin, y2·cos - y1·sin)
+    h = y.shape[-1] // 2
+    out = y * c
+    out[..., :h].addcmul_(y[..., h:], s[..., :h] if sign > 0 else s[..., h:], value=-sign)
+    out[..., h:].addcmul_(y[..., :h], s[..., h:] if sign > 0 else s[..., :h], value=sign)
+    return out
+
 class _RopeFn(torch.autograd.Function):
-    "x·cos + (-x2, x1)·sin written into one buffer (no neg, no cat), with its transpose as the backward."
+    "RoPE with its transpose (the inverse rotation) as the backward."
     @staticmethod
     def forward(ctx, x, cos, sin):
-        h = x.shape[-1] // 2
-        out = x * cos
-        out[..., :h].addcmul_(x[..., h:], sin[..., :h], value=-1)     # x1·cos - x2·sin
-        out[..., h:].addcmul_(x[..., :h], sin[..., h:])               # x2·cos + x1·sin
         ctx.save_for_backward(cos, sin)
-        return out
+        return _rotate(x, cos, sin)
 
     @staticmethod
     def backward(ctx, g):
         cos, sin = ctx.saved_tensors
-        h = g.shape[-1] // 2
-        dx = g * cos
-        dx[..., :h].addcmul_(g[..., h:], sin[..., h:])                # dx1 = g1·cos + g2·sin
-        dx[..., h:].addcmul_(g[..., :h], sin[..., :h], value=-1)      # dx2 = g2·cos - g1·sin
-        return dx, None, None
+        return _rotate(g, cos, sin, sign=-1.), None, None
 
 def apply_rope(x:Tensor, # (B, heads, S, head_dim)
                cos:Tensor, sin:Tensor)->Tensor:
@@ -207,14 +208,6 @@ def apply_rope(x:Tensor, # (B, heads, S, head_dim)
     return _RopeFn.apply(x, cos, sin)
 
 # %% ../nbs/50_model.ipynb #3e769ee5
-def _rotate(y:Tensor, c:Tensor, s:Tensor, sign:float=1.)->Tensor:
-    "y·c + (∓y2, ±y1)·s: RoPE (sign 1) or its inverse, the transpose (sign -1), in one new buffer."
-    h = y.shape[-1] // 2
-    out = y * c
-    out[..., :h].addcmul_(y[..., h:], s[..., :h] if sign > 0 else s[..., h:], value=-sign)
-    out[..., h:].addcmul_(y[..., :h], s[..., h:] if sign > 0 else s[..., :h], value=sign)
-    return out
-
 class _QKNormRopeFn(torch.autograd.Function):
     "From the (B, S, nh + 2·nkv, hd) `qkv` projection: RMS-normalised and rotated q and k, and v, each (B, heads, S, hd)."
     @staticmethod
@@ -425,8 +418,8 @@ class _LinearCrossEntropyFn(torch.autograd.Function):
             keep = target != ignore_index
             t = target.masked_fill(~keep, 0)
             n = keep.sum()
-            kf = keep.to(torch.promote_types(dt, torch.float32)) / n.clamp(min=1)   # weight of each row in the mean
             ct = torch.promote_types(dt, torch.float32)                 # the softmax's dtype: at least float32
+            kf = keep.to(ct) / n.clamp(min=1)                          # weight of each row in the mean
             f32 = dt == ct                                             # no casts: the products write the logits
             need_h, need_w = ctx.needs_input_grad[:2]                 # under no_grad: the loss only
             dh = torch.empty(h.shape, dtype=h.dtype, device=h.device) if need_h else None
