@@ -15,3 +15,17 @@ def test_model_cpu_bench_runs_and_prints_its_final_line(extra):
     assert re.search(r'^model_cpu ratio=\d+\.\d{3} peak_mb=\d+$', r.stdout.strip().splitlines()[-1]), r.stdout[-2000:]
     assert 'page faults' in r.stdout
     if extra: assert 'freed memory kept (mallopt)' in r.stdout
+
+def test_model_cpu_sizes_runs_every_size_and_summarises():
+    tiny = ('--vocab 256 --hidden 32 --layers 1 --heads 2 --kv-heads 1 --experts 4 --k 2 --expert 16 --seq 16 '
+            '--block 2')
+    r = subprocess.run([sys.executable, str(ROOT / 'bench' / 'model_cpu_sizes.py'), '--sizes', 'laptop,batch4',
+                        '--impls', 'grouped_mm', '--steps', '2', '--extra', tiny], capture_output=True, text=True,
+                       timeout=600, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-3000:]
+    lines = r.stdout.strip().splitlines()
+    assert [l.split('|')[1].strip() for l in lines if l.startswith('| laptop') or l.startswith('| batch4')] == ['laptop', 'batch4']
+    assert re.search(r'^model_cpu_sizes worst=\d+\.\d{3} best=\d+\.\d{3} met=[0-2]/2$', lines[-1]), r.stdout[-2000:]
+    bad = subprocess.run([sys.executable, str(ROOT / 'bench' / 'model_cpu_sizes.py'), '--sizes', 'huge'],
+                         capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert bad.returncode != 0 and "unknown ['huge']" in bad.stderr
