@@ -2,10 +2,9 @@
 
 Without a GPU the kernels run in Triton's interpreter: TRITON_INTERPRET must be set before the kernels are
 decorated, so tests/conftest.py sets it before any test file is collected (and this file sets it too, for runs
-that bypass the conftest). Every output buffer
-is filled with NaN (ints with -777) before each launch (kernels.POISON), so an element a kernel fails to write
-shows up as an error. Sizes are small so the file runs in a few minutes on 2 CPU cores; the larger case runs only
-with COMPASS_SLOW=1.
+that bypass the conftest). Every output buffer is filled with NaN (ints with -777) before each launch
+(kernels.POISON), so an element a kernel fails to write shows up as an error. Sizes are small so the file runs in
+a few minutes on 2 CPU cores; the larger case runs only with COMPASS_SLOW=1.
 """
 
 import os
