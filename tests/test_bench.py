@@ -13,7 +13,7 @@ def test_model_cpu_bench_runs_and_prints_its_final_line(extra):
                        text=True, timeout=300, cwd=ROOT)
     assert r.returncode == 0, r.stderr[-3000:]
     assert re.search(r'^model_cpu ratio=\d+\.\d{3} peak_mb=\d+$', r.stdout.strip().splitlines()[-1]), r.stdout[-2000:]
-    assert 'page faults' in r.stdout
+    assert "page faults" in r.stdout and "matmul floor, compass (1 shared)" in r.stdout
     if extra: assert 'freed memory kept (mallopt)' in r.stdout
 
 def test_model_cpu_sizes_runs_every_size_and_summarises():
