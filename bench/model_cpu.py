@@ -12,8 +12,8 @@ measures the work done and is the least disturbed figure when other jobs share t
     python bench/model_cpu.py --profile 3 --impls grouped_mm   # also: where each model's step time goes, by op
     python bench/model_cpu.py --keep-freed-memory              # glibc keeps freed memory: no model pays page faults
 
-Before the final line, a "matmul floor" line per pairing: the step's matrix-product work (from the sizes; backward
-counted as twice the forward) at the rate of the output head's product alone, and how far each model's step is above it.
+Before the final line, a "matmul floor" line per pairing: the step's matrix-product work (`model_stats`' training
+FLOPs per token: 6 x active parameters + causal attention) at the rate of the output head's product alone, and how far each model's step is above it.
 Both models do that work, so the floor bounds the ratio either can reach.
 
 Models are timed round robin in blocks: each model in turn runs `--block` consecutive steps, the first of which is
@@ -76,15 +76,6 @@ def build_qwen2(a, impl):
                          shared_expert_intermediate_size=a.expert, tie_word_embeddings=False,
                          output_router_logits=True, router_aux_loss_coef=1e-3, max_position_embeddings=4096)
     return Qwen2MoeForCausalLM._from_config(cfg, experts_implementation=impl, attn_implementation='sdpa')
-
-def matmul_gflop(a, n_shared:int)->float:
-    "Matrix-product work of one training step in GFLOP (backward = twice the forward): what no implementation can skip."
-    T, hd = a.batch * a.seq, a.hidden // a.heads
-    layer = (2 * T * a.hidden * (a.heads + 2 * a.kv_heads) * hd + 2 * T * a.heads * hd * a.hidden   # q|k|v and o projections
-             + 2 * a.batch * a.heads * a.seq * a.seq * hd                  # causal attention: half of QK^T and of PV
-             + 2 * T * a.hidden * a.experts                                 # router
-             + 2 * T * (a.k + n_shared) * 3 * a.hidden * a.expert)          # top-k routed and shared SwiGLU experts
-    return 3 * (a.layers * layer + 2 * T * a.hidden * a.vocab) / 1e9       # + the output head
 
 def product_rate(a, repeats:int=15)->float:
     "GFLOP/s of the output head's product (tokens x hidden by hidden x vocab) alone: the best rate a step's products get."
@@ -194,13 +185,14 @@ def main():
     for i, stat in [(0, 'median'), (1, 'min'), (4, 'median process CPU time')]:
         r3, n3, r2, n2 = ratios(i)
         print(f"[{stat}] ours / fastest Qwen3-MoE ({n3}): {r3:.3f}x; ours (1 shared) / fastest Qwen2-MoE ({n2}): {r2:.3f}x", flush=True)
-    rate = product_rate(a)
-    for ours, n_shared, q in (('compass (no shared)', 0, 'qwen3'), ('compass (1 shared)', 1, 'qwen2')):
-        floor = matmul_gflop(a, n_shared) / rate * 1e3
-        peer = min((v[0], k) for k, v in res.items() if k.startswith(q))
-        print(f"matmul floor, {ours}: {matmul_gflop(a, n_shared):.2f} GFLOP per step at {rate:.0f} GFLOP/s (the head's "
-              f"product alone) = {floor:.1f} ms; above it: ours {res[ours][0] * 1e3 - floor:.1f} ms, {peer[1]} "
-              f"{peer[0] * 1e3 - floor:.1f} ms; 0.8x needs ours <= {0.8 * peer[0] * 1e3:.1f} ms", flush=True)
+    from compass_nbdev.model import model_stats
+    rate, (_, n3, _, n2) = product_rate(a), ratios(0)
+    for ours, peer in (('compass (no shared)', n3), ('compass (1 shared)', n2)):
+        gflop = model_stats(models[ours].config, seq_len=a.seq)['train_flops_per_token'] * a.batch * a.seq / 1e9
+        floor, t_ours, t_peer = gflop / rate * 1e3, res[ours][0] * 1e3, res[peer][0] * 1e3
+        print(f"matmul floor, {ours}: {gflop:.2f} GFLOP per step at {rate:.0f} GFLOP/s (the head's product alone) = "
+              f"{floor:.1f} ms; above it: ours {t_ours - floor:.1f} ms, {peer} {t_peer - floor:.1f} ms; "
+              f"0.8x needs ours <= {0.8 * t_peer:.1f} ms", flush=True)
     if a.profile:
         _, n3, _, n2 = ratios(0)
         for ours, peer in (('compass (no shared)', n3), ('compass (1 shared)', n2)):
