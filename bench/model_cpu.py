@@ -13,8 +13,8 @@ measures the work done and is the least disturbed figure when other jobs share t
     python bench/model_cpu.py --keep-freed-memory              # glibc keeps freed memory: no model pays page faults
 
 Before the final line, a "matmul floor" line per pairing: the step's matrix-product work (`model_stats`' training
-FLOPs per token: 6 x active parameters + causal attention) at the rate of the output head's product alone, and how far each model's step is above it.
-Both models do that work, so the floor bounds the ratio either can reach.
+FLOPs per token: 6 x active parameters + causal attention) at the rate of the output head's product alone, and how
+far each model's step is above it. Both models do that work, so the floor bounds the ratio either can reach.
 
 Models are timed round robin in blocks: each model in turn runs `--block` consecutive steps, the first of which is
 not timed. Changes in machine load hit all models alike, and every timed step runs in the allocator state that the
@@ -194,7 +194,6 @@ def main():
               f"{floor:.1f} ms; above it: ours {t_ours - floor:.1f} ms, {peer} {t_peer - floor:.1f} ms; "
               f"0.8x needs ours <= {0.8 * t_peer:.1f} ms", flush=True)
     if a.profile:
-        _, n3, _, n2 = ratios(0)
         for ours, peer in (('compass (no shared)', n3), ('compass (1 shared)', n2)):
             profile_pair(models[ours], models[peer], ours, peer, x, a.profile)
     r3, _, r2, _ = ratios({'median': 0, 'min': 1, 'cpu': 4}[a.stat])
