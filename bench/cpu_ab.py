@@ -9,7 +9,7 @@ Three levels, at `bench/model_cpu.py`'s sizes (tokens 2×256, hidden 256, 4 laye
 - `moe`: one `CompassMoE` layer, forward + backward, without and with one shared expert;
 - `model`: the whole `CompassForCausalLM` training step, blocks of 4 steps with the first untimed.
 
-    python bench/cpu_ab.py --base ffa228b [--keep-freed-memory]
+    python bench/cpu_ab.py --base ffa228b [--keep-freed-memory] [--only model --rounds 20]
 
 Prints one line per comparison: median times, the change, and the largest difference of the outputs.
 """
@@ -46,6 +46,7 @@ def main():
     ap.add_argument('--base', default='HEAD'); ap.add_argument('--threads', type=int, default=2)
     ap.add_argument('--keep-freed-memory', action='store_true', help='glibc: keep freed memory (no page faults), both alike')
     ap.add_argument('--only', choices=('head', 'moe', 'model', 'all'), default='all')
+    ap.add_argument('--rounds', type=int, default=6, help='model level: rounds of 3 timed steps per model')
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     if a.keep_freed_memory:
@@ -91,7 +92,7 @@ def main():
             def step(m):
                 out = m(input_ids=x, labels=x); out.loss.backward(); m.zero_grad(set_to_none=True); return out.loss.detach()
             la, lb = step(ms['base']), step(ms['new'])
-            report(f'model step, {shared} shared', interleave({k: (lambda m=m: step(m)) for k, m in ms.items()}, 6, per=3, settle=True),
+            report(f'model step, {shared} shared', interleave({k: (lambda m=m: step(m)) for k, m in ms.items()}, a.rounds, per=3, settle=True),
                    float((la - lb).abs() / la.abs()))
 
 if __name__ == '__main__':

@@ -503,7 +503,8 @@ class CompassForCausalLM(CompassPreTrainedModel, GenerationMixin):
             if c.balance == 'aux':
                 f_counts = self._global_counts.add(i, counts) if (c.balance_scope == 'global' and self.training) else counts
                 aux_t.append(aux_loss(probs, ids, f_counts))
-            z_t.append(z_loss(logits))
+            with torch.set_grad_enabled(torch.is_grad_enabled() and c.z_loss_beta != 0):   # β = 0: reported, no graph
+                z_t.append(z_loss(logits))
         zero = torch.zeros((), device=dev)
         return (torch.stack(aux_t).mean() if aux_t else zero, torch.stack(z_t).mean() if z_t else zero,
                 torch.stack(loads) if loads else None)
@@ -530,7 +531,7 @@ class CompassForCausalLM(CompassPreTrainedModel, GenerationMixin):
             shifted = F.pad(labels[:, 1:], (0, 1), value=-100)     # predict token t+1 at t; shift labels, not logits
             if fuse: lm = linear_cross_entropy(h.reshape(-1, h.shape[-1]), self.lm_head.weight, shifted.reshape(-1))
             else: lm = _CrossEntropyFn.apply(logits.reshape(-1, logits.shape[-1]), shifted.reshape(-1), -100)
-            loss = lm + self.config.z_loss_beta * z
+            loss = lm + self.config.z_loss_beta * z if self.config.z_loss_beta else lm
             if self.config.balance == 'aux': loss = loss + self.config.aux_loss_alpha * aux
         return CompassOutput(loss=loss, logits=logits, cache=cache if use_cache else None, hidden_states=hs,
                              lm_loss=lm, aux_loss=aux, z_loss=z, expert_load=load,

@@ -112,7 +112,9 @@ def _unsort_sum(ys:Tensor, # (T*k, H) rows in expert-sorted order
                 inv:Tensor, # (T*k,) inverse permutation
                 k:int)->Tensor:
     "out[t] = Σ_j ys[inv[t*k + j]]: a gather through the inverse permutation and a sum over the k slots, no scatter."
-    return ys.index_select(0, inv).view(-1, k, ys.shape[1]).sum(1)
+    if ys.dtype in (torch.float32, torch.float64):                 # one fused gather-and-sum pass
+        return F.embedding_bag(inv.view(-1, k), ys, mode='sum')
+    return ys.index_select(0, inv).view(-1, k, ys.shape[1]).sum(1)    # 16-bit: sum() accumulates in float32
 
 class GroupedExperts(torch.autograd.Function):
     "Sorted, grouped SwiGLU experts with a hand-written backward."
