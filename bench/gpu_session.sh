@@ -3,7 +3,7 @@
 # From the repository root, on the GPU machine (its python3 already has torch, triton, transformers, accelerate):
 #     bash bench/gpu_session.sh          # about 5-8 minutes; give it timeout_s=540
 # Writes gpu.txt, moe_kernels.log, results.json, table.md, train_gpu.log into $OUT (or /tmp/gpu_out), then copy
-# the final lines into bench/RESULTS.md and the tables into nbs/31_kernels.ipynb / nbs/60_train.ipynb.
+# the final lines into bench/RESULTS.md and the tables into nbs/86_kernels.ipynb / nbs/60_train.ipynb.
 # On a machine without CUDA both benchmarks say so and stop at once (moe_kernels exits 2, train_gpu 0).
 set -o pipefail
 cd "$(dirname "$0")/.."

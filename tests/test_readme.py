@@ -22,7 +22,7 @@ def test_readme_rendering(tmp_path):
     "Markdown verbatim (links to notebooks point into nbs/); code fenced with its text output; hidden cells, directives, stderr and pictures left out."
     cells = [
         {"cell_type": "markdown", "metadata": {}, "source": ["# Title\n", "\n", "> summary"]},
-        {"cell_type": "markdown", "metadata": {}, "source": "See [data](10_data.ipynb#mixing), [web](https://x.org/a.ipynb)."},
+        {"cell_type": "markdown", "metadata": {}, "source": "See [data](11_data.ipynb#mixing), [web](https://x.org/a.ipynb)."},
         {"cell_type": "code", "metadata": {}, "source": "#| hide\nimport secret", "outputs": []},
         {"cell_type": "code", "metadata": {}, "source": "#| export\nx = 1\nprint(x)", "outputs": [
             {"output_type": "stream", "name": "stdout", "text": ["1\n"]},
@@ -38,5 +38,5 @@ def test_readme_rendering(tmp_path):
     nb.write_text(json.dumps({"cells": cells, "metadata": {}, "nbformat": 4, "nbformat_minor": 5}))
     got = readme(nb)
     body = got.split("\n", 2)[2]  # after the banner
-    assert body == "# Title\n\n> summary\n\nSee [data](nbs/10_data.ipynb#mixing), [web](https://x.org/a.ipynb).\n\n```python\nx = 1\nprint(x)\n```\n\n```\n1\n```\n\n```python\nx\n```\n\n```\n1\n```\n\n```python\nplot()\n```\n\n**shown**\n"
+    assert body == "# Title\n\n> summary\n\nSee [data](nbs/11_data.ipynb#mixing), [web](https://x.org/a.ipynb).\n\n```python\nx = 1\nprint(x)\n```\n\n```\n1\n```\n\n```python\nx\n```\n\n```\n1\n```\n\n```python\nplot()\n```\n\n**shown**\n"
     assert "secret" not in got and "noise" not in got and "#|" not in got and "Figure" not in got

@@ -3,7 +3,7 @@
     python tools/make_readme.py            # rewrite README.md
     python tools/make_readme.py --check    # exit 1 when README.md is not what index.ipynb gives
 
-Markdown cells go in as they are, except that a link to a notebook (`[data](10_data.ipynb)`, which the docs
+Markdown cells go in as they are, except that a link to a notebook (`[data](11_data.ipynb)`, which the docs
 site turns into its page) points at the notebook in nbs/, so that it works on GitHub and in a clone; code cells in ```python fences, their text outputs (stdout, or the plain-text
 form of a result) in plain fences after them. Cells marked `#| hide`, `#| include: false` or `#| echo: false`,
 directive lines (`#| ...`), stderr, and pictures are left out: a README shows text. `tests/test_readme.py` checks
