@@ -6,15 +6,16 @@ Docs: https://compass-nbdev.github.io/compass_nbdev/core.html.md"""
 
 # %% ../nbs/00_core.ipynb #1502fbc8
 from __future__ import annotations
-import os, json, tempfile, logging, typing, types
+import os, json, math, shutil, tempfile, time, logging, typing, types
 from contextlib import contextmanager
 from pathlib import Path
-from dataclasses import dataclass, field, fields, asdict
+from dataclasses import dataclass, field, fields, asdict, MISSING
 
 # %% auto #0
 __all__ = ['LANGS', 'SEA_LANGS', 'DATA_DIR_ENV', 'SYNTHETIC', 'logger', 'CompassError', 'ConfigError', 'DataError',
-           'atomic_write', 'atomic_write_text', 'atomic_write_json', 'Lang', 'check_lang', 'resolve_data_dir', 'Config',
-           'load_config_file', 'get_logger']
+           'atomic_write', 'atomic_write_text', 'atomic_write_json', 'atomic_dir', 'Lang', 'check_lang',
+           'resolve_data_dir', 'setting', 'Config', 'load_config_file', 'md_table', 'time_calls', 'median_ms',
+           'get_logger']
 
 # %% ../nbs/00_core.ipynb #81b1cf7a
 class CompassError(ValueError):
@@ -62,6 +63,22 @@ def atomic_write_text(path:str|Path, text:str):
 def atomic_write_json(path:str|Path, obj, indent:int|None=2):
     "Write `obj` as JSON to `path` atomically."
     with atomic_write(path) as f: json.dump(obj, f, ensure_ascii=False, indent=indent)
+
+# %% ../nbs/00_core.ipynb #1e127707
+@contextmanager
+def atomic_dir(path:str|Path, # the folder to (re)place
+              ):
+    "Yield a temporary folder; on success it replaces `path` (old one moved aside first), on error it is removed."
+    out = Path(path); out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    try:
+        yield tmp
+        os.chmod(tmp, 0o777 & ~_umask())
+        old = out.with_name(f".{out.name}.old")
+        if out.exists(): shutil.rmtree(old, ignore_errors=True); os.replace(out, old)
+        os.replace(tmp, out); shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True); raise
 
 # %% ../nbs/00_core.ipynb #091ea344
 @dataclass(frozen=True)
@@ -111,6 +128,37 @@ def resolve_data_dir(data_dir:str|Path|None=None, # explicit choice (e.g. `--dat
         raise CompassError(f"data directory {str(p)!r} has neither corpus/ nor eval/ inside", where=src)
     return p.resolve()
 
+# %% ../nbs/00_core.ipynb #e8e93fa8
+def setting(default=MISSING, # the default value (or use `factory`)
+            *, factory=None, # a zero-argument function making the default (lists, dicts)
+            choices=None, # the allowed values
+            gt=None, ge=None, lt=None, le=None, # bounds; checked for each item of a list or dict value too
+            finite:bool=True, # floats must be finite (no nan/inf)
+           ):
+    "A dataclass field carrying the rules `Config` checks."
+    meta = {k: v for k, v in dict(choices=choices, gt=gt, ge=ge, lt=lt, le=le).items() if v is not None}
+    meta['finite'] = finite
+    return field(default=default, metadata=meta) if factory is None else field(default_factory=factory, metadata=meta)
+
+def _range_msg(m:dict)->str:
+    lo = f"[{m['ge']}" if 'ge' in m else f"({m['gt']}" if 'gt' in m else None
+    hi = f"{m['le']}]" if 'le' in m else f"{m['lt']})" if 'lt' in m else None
+    if lo and hi: return f"must be in {lo}, {hi}"
+    if lo: return f"must be {'>=' if lo[0] == '[' else '>'} {lo[1:]}"
+    return f"must be {'<=' if hi[-1] == ']' else '<'} {hi[:-1]}"
+
+def _check_value(v, m:dict)->str|None:
+    "What is wrong with value `v` under field metadata `m`, or None."
+    if v is None: return None
+    if isinstance(v, (list, tuple)): return next((f"item {i}: {e}" for i, x in enumerate(v) if (e := _check_value(x, m))), None)
+    if isinstance(v, dict): return next((f"{k!r}: {e}" for k, x in v.items() if (e := _check_value(x, m))), None)
+    ch = m.get('choices')
+    if ch is not None and v not in ch: return f"{v!r} is not allowed; choose one of {', '.join(map(repr, ch))}"
+    if not isinstance(v, (int, float)) or isinstance(v, bool): return None
+    if isinstance(v, float) and m.get('finite', True) and not math.isfinite(v): return f"must be a finite number, got {v}"
+    bad = ('gt' in m and not v > m['gt']) or ('ge' in m and not v >= m['ge']) or ('lt' in m and not v < m['lt']) or ('le' in m and not v <= m['le'])
+    return f"{_range_msg(m)}, got {v}" if bad else None
+
 # %% ../nbs/00_core.ipynb #9273b894
 def _type_ok(v, tp)->bool:
     "Does value `v` fit the (simple) annotation `tp`?"
@@ -147,6 +195,11 @@ class Config:
             if sub is not None:
                 kw[k] = v if isinstance(v, sub) else sub.from_dict(v, f"{pre}{k}")
                 continue
+            item = (typing.get_args(tp) or (None,))[0] if typing.get_origin(tp) is list else None
+            if isinstance(item, type) and issubclass(item, Config):   # a list of sections: errors say `phases[1].lr`
+                if not isinstance(v, (list, tuple)): raise ConfigError(f"expected a list, got {v!r}", f"{pre}{k}")
+                kw[k] = [x if isinstance(x, item) else item.from_dict(x, f"{pre}{k}[{j}]") for j, x in enumerate(v)]
+                continue
             if not _type_ok(v, tp):
                 raise ConfigError(f"expected {getattr(tp, '__name__', tp)}, got {v!r}", f"{pre}{k}")
             kw[k] = v
@@ -155,13 +208,15 @@ class Config:
         return obj
 
     def check(self, where:str=''):
-        "Check choices (field metadata) and the class's own `validate`; raise `ConfigError` naming the key."
+        "Check the fields' rules (see `setting`; floats finite everywhere) and the class's `validate`; errors name the key."
         pre = f"{where}." if where else ""
         for f in fields(self):
-            v, ch = getattr(self, f.name), f.metadata.get('choices')
-            if ch is not None and v not in ch:
-                raise ConfigError(f"{v!r} is not allowed; choose one of {', '.join(map(repr, ch))}", f"{pre}{f.name}")
-            if isinstance(v, Config): v.check(f"{pre}{f.name}")
+            v, key = getattr(self, f.name), f"{pre}{f.name}"
+            if isinstance(v, Config): v.check(key); continue
+            if isinstance(v, list) and v and all(isinstance(x, Config) for x in v):
+                for j, x in enumerate(v): x.check(f"{key}[{j}]")
+                continue
+            if (err := _check_value(v, {'finite': True, **f.metadata})): raise ConfigError(err, key)
         try: self.validate()
         except ConfigError as e:
             raise ConfigError(e.msg, f"{pre}{e.where}" if e.where else (where or None)) from None
@@ -195,6 +250,41 @@ def load_config_file(path:str|Path)->dict:
     except Exception as e: raise ConfigError(f"cannot parse: {e}", str(path)) from None
     if not isinstance(d, dict): raise ConfigError("top level must be a mapping", str(path))
     return d
+
+# %% ../nbs/00_core.ipynb #e654ead6
+def md_table(data, # a DataFrame (its index is kept when named) or a list of flat dicts
+             floatfmt:str='{:.3f}', # how floats are shown
+            )->str:
+    "A markdown table."
+    if isinstance(data, (list, tuple)):
+        cols = list(dict.fromkeys(k for r in data for k in r)); rows = [[r.get(k, '') for k in cols] for r in data]
+    else:
+        d = data.reset_index() if data.index.name or any(data.index.names) else data
+        cols, rows = list(d.columns), list(d.itertuples(index=False))
+    fmt = lambda v: floatfmt.format(v) if isinstance(v, float) else str(v)
+    lines = [' | '.join(map(str, cols)), ' | '.join(['---'] * len(cols))] + [' | '.join(fmt(v) for v in r) for r in rows]
+    return '\n'.join(f'| {l} |' for l in lines)
+
+# %% ../nbs/00_core.ipynb #3cf71640
+def time_calls(fns:dict, # {name: zero-argument callable}
+               rounds:int=5, # rounds of the round robin
+               per:int=1, # timed calls of each function per round
+               settle:bool=False, # one untimed call before each function's turn (lets the allocator settle)
+              )->dict:
+    "Time functions in turn: {name: {'wall': [seconds per call], 'cpu': [process CPU seconds per call]}}."
+    out = {k: {'wall': [], 'cpu': []} for k in fns}
+    for _ in range(rounds):
+        for k, f in fns.items():
+            if settle: f()
+            for _ in range(per):
+                t, c = time.perf_counter(), time.process_time(); f()
+                out[k]['wall'].append(time.perf_counter() - t); out[k]['cpu'].append(time.process_time() - c)
+    return out
+
+def median_ms(ts:list[float])->float:
+    "The median of a list of seconds, in milliseconds."
+    s = sorted(ts); n = len(s)
+    return (s[n // 2] if n % 2 else (s[n // 2 - 1] + s[n // 2]) / 2) * 1e3
 
 # %% ../nbs/00_core.ipynb #53d34365
 logger = logging.getLogger('compass_nbdev')
