@@ -23,11 +23,11 @@ from .balance import load_stats
 
 # %% auto #0
 __all__ = ['log', 'SCHEDULES', 'TRAIN_PRESETS', 'PEAK_BF16_FLOPS', 'StageConfig', 'TrainConfig', 'train_config',
-           'load_train_config', 'lr_at', 'load_docs', 'split_heldout', 'PackedData', 'val_sums', 'val_bpb',
-           'CheckpointError', 'list_checkpoints', 'is_sharded', 'save_checkpoint', 'verify_checkpoint',
-           'load_checkpoint', 'expert_load_metrics', 'peak_flops', 'mfu', 'TrainingDiverged', 'load_tokenizer',
-           'make_accelerator', 'build_model', 'fsdp_plugin', 'fsdp_wrap', 'distributed_mode', 'divergence_report',
-           'train_stage', 'measure_throughput', 'plot_metrics', 'plot_expert_load']
+           'load_train_config', 'lr_at', 'load_docs', 'split_heldout', 'PackedData', 'nll_windows', 'nll_sums',
+           'val_sums', 'val_bpb', 'CheckpointError', 'list_checkpoints', 'is_sharded', 'save_checkpoint',
+           'verify_checkpoint', 'load_checkpoint', 'expert_load_metrics', 'peak_flops', 'mfu', 'TrainingDiverged',
+           'load_tokenizer', 'make_accelerator', 'build_model', 'fsdp_plugin', 'fsdp_wrap', 'distributed_mode',
+           'divergence_report', 'train_stage', 'measure_throughput', 'plot_metrics', 'plot_expert_load']
 
 # %% ../nbs/60_train.ipynb #f7e2b1fd
 log = get_logger('train')
@@ -283,39 +283,65 @@ def _dist()->tuple[int, int]:
     if dist.is_available() and dist.is_initialized(): return dist.get_rank(), dist.get_world_size()
     return 0, 1
 
+def nll_windows(ids:list[int], # a text's token ids (no special tokens)
+                prefix_id:int, # the context token put before the text
+                seq_len:int, # tokens predicted per window
+               )->list[list[int]]:
+    "Windows of at most `seq_len + 1` tokens; each window's first token is context only, so every id is predicted once."
+    x = [prefix_id] + list(ids)
+    return [x[s:s + seq_len + 1] for s in range(0, len(x) - 1, seq_len)]
+
+# %% ../nbs/60_train.ipynb #1a7f0c03
 @torch.no_grad()
+def nll_sums(model, # a causal LM returning `.logits`
+             tokenizer, # its tokenizer (encodes the texts)
+             texts:list[str], # the texts to score
+             seq_len:int=128, # tokens predicted per window (the model sees `seq_len + 1`)
+             batch_size:int=8, # windows per forward pass
+             prefix_id:int|None=None, # the context token before each text; None: the tokenizer's EOS
+             rank:int=0, world:int=1, # score texts rank, rank + world, ... of the longest-first order
+             n_batches=None, # callable: local batch count -> batch count to run (the max over processes); None: local
+            )->tuple[np.ndarray, np.ndarray]:
+    "(nats, bytes) per text, float64: summed NLL of every token and UTF-8 bytes (0 for other processes' texts)."
+    pre = tokenizer.eos_token_id if prefix_id is None else prefix_id
+    if pre is None: raise ConfigError("the tokenizer has no eos_token; pass prefix_id", 'tokenizer')
+    was, dev = model.training, next(model.parameters()).device
+    nats, nbytes = np.zeros(len(texts)), np.zeros(len(texts))
+    size = [len(t.encode('utf-8', 'surrogatepass')) for t in texts]
+    mine = sorted(range(len(texts)), key=lambda i: (-size[i], i))[rank::world]
+    ids = tokenizer([texts[i] for i in mine], add_special_tokens=False)['input_ids'] if mine else []
+    wins = sorted(((i, w) for i, x in zip(mine, ids) for w in nll_windows(x, pre, seq_len)), key=lambda w: len(w[1]))
+    for i in mine: nbytes[i] = size[i]
+    nb = -(-len(wins) // batch_size)
+    model.eval()
+    for b in range(nb if n_batches is None else n_batches(nb)):
+        part = wins[b * batch_size:(b + 1) * batch_size] or [(0, [pre, pre])]     # an empty batch keeps FSDP in step
+        L = max(len(w) for _, w in part)
+        x = torch.tensor([w + [pre] * (L - len(w)) for _, w in part], device=dev)
+        m = torch.tensor([[1] * len(w) + [0] * (L - len(w)) for _, w in part], device=dev)[:, 1:]
+        logits = model(input_ids=x).logits[:, :-1].float()    # right padding: causal attention never sees it
+        l = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1), reduction='none').view(m.shape)
+        if b < nb: np.add.at(nats, [i for i, _ in part], (l * m).sum(1).double().cpu().numpy())
+    model.train(was)
+    return nats, nbytes
+
+# %% ../nbs/60_train.ipynb #1a7f0c05
 def val_sums(model, # a causal LM returning `.logits`
              tokenizer, # the training tokenizer
              texts:dict[str, list[str]], # held-out texts per language
              seq_len:int=128, # window length
              batch_size:int=8,
-             rank:int=0, world:int=1, # score documents rank, rank + world, ... of the longest-first order
-             n_batches=None, # callable: local batch count -> batch count to run (the max over processes); None: local
+             rank:int=0, world:int=1, # this process's share (see `nll_sums`)
+             n_batches=None, # see `nll_sums`
             )->torch.Tensor:
     "(2, languages) float64 sums of NLL bits and UTF-8 bytes over this process's share of the held-out documents."
-    was, dev, eos = model.training, next(model.parameters()).device, tokenizer.eos_token_id
-    docs = sorted(((len(t.encode('utf-8', 'surrogatepass')), li, t) for li, tx in enumerate(texts.values()) for t in tx),
-                  key=lambda d: (-d[0], d[1], d[2]))[rank::world]
-    sums = torch.zeros(2, len(texts), dtype=torch.float64)
-    wins = []
-    ids = tokenizer([t for _, _, t in docs], add_special_tokens=False)['input_ids'] if docs else []
-    for (nb, li, _), x in zip(docs, ids):
-        sums[1, li] += nb; x = [eos] + x
-        wins += [(li, x[s:s + seq_len + 1]) for s in range(0, len(x) - 1, seq_len)]
-    wins.sort(key=lambda w: len(w[1]))
-    nb = -(-len(wins) // batch_size)
-    model.eval()
-    for i in range(nb if n_batches is None else n_batches(nb)):
-        part = wins[i * batch_size:(i + 1) * batch_size] or [(0, [eos, eos])]     # an empty batch keeps FSDP in step
-        L = max(len(w) for _, w in part)
-        x = torch.tensor([w + [eos] * (L - len(w)) for _, w in part], device=dev)
-        m = torch.tensor([[1] * len(w) + [0] * (L - len(w)) for _, w in part], device=dev)[:, 1:]
-        logits = model(input_ids=x).logits[:, :-1].float()    # right padding: causal attention never sees it
-        l = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1), reduction='none').view(m.shape)
-        if i < nb: sums[0].index_add_(0, torch.tensor([li for li, _ in part]), (l * m).sum(1).double().cpu() / math.log(2))
-    model.train(was)
+    flat = [(li, t) for li, tx in enumerate(texts.values()) for t in sorted(tx)]
+    nats, nb = nll_sums(model, tokenizer, [t for _, t in flat], seq_len, batch_size, None, rank, world, n_batches)
+    li, sums = torch.tensor([l for l, _ in flat], dtype=torch.long), torch.zeros(2, len(texts), dtype=torch.float64)
+    sums[0].index_add_(0, li, torch.from_numpy(nats) / math.log(2)); sums[1].index_add_(0, li, torch.from_numpy(nb))
     return sums
 
+# %% ../nbs/60_train.ipynb #1a7f0c06
 def val_bpb(model, # a causal LM returning `.logits` (with several processes: every process calls this)
             tokenizer, # the training tokenizer
             texts:dict[str, list[str]], # held-out texts per language
