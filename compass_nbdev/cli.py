@@ -6,36 +6,24 @@ Docs: https://compass-nbdev.github.io/compass_nbdev/cli.html.md"""
 
 # %% ../nbs/90_cli.ipynb #199353b3
 from __future__ import annotations
-import sys, os, argparse, time, json, logging
+import sys, os, argparse, time, json, logging, inspect
 from copy import deepcopy
 from dataclasses import dataclass, field
 from pathlib import Path
 import yaml
-from .core import Config, ConfigError, CompassError, atomic_write_text, load_config_file, resolve_data_dir, get_logger, SYNTHETIC
+from .core import Config, ConfigError, CompassError, atomic_write_text, load_config_file, resolve_data_dir, get_logger, SYNTHETIC, setting
 from .data import DataConfig, run_data_stage, load_clean
 from .tokenizer import TokenizerConfig, TOKENIZER_PRESETS, train_tokenizer, save_tokenizer, eval_lines, eval_tokenizer_stage
 from .train import TrainConfig, TRAIN_PRESETS, train_stage
-from .evaluate import eval_stage, report_stage
+from .model import CompassConfig
+from . import evaluate
+from .evaluate import EvalConfig
 from .chat import SFTConfig
 
 # %% auto #0
-__all__ = ['PRESETS', 'log', 'STAGES', 'AFTER_STAGES', 'EvalConfig', 'SFTRunConfig', 'RunConfig', 'parse_overrides',
-           'resolve_config', 'RunDir', 'data_stage', 'tokenizer_stage', 'train_run_stage', 'eval_run_stage',
-           'report_run_stage', 'sft_stage', 'run_recipe', 'make_parser', 'chat_model_dir', 'main']
-
-# %% ../nbs/90_cli.ipynb #8734c2d6
-@dataclass
-class EvalConfig(Config):
-    "What `compass eval` measures (see the evaluation notebook): bits per byte, tasks, probes, routing."
-    tasks: list[str]|None = None  # built-in task names or spec files; None: every built-in task
-    bpb_limit: int|None = 200  # NTREX sentences per language (None: all)
-    task_limit: int|None = 50  # items per task (None: all)
-    num_fewshot: int|None = None  # override every task's few-shot count
-    probe: bool = True  # linear probes on frozen features for the review tasks
-    probe_train: int = 500  # training examples per probe
-    routing: bool = True  # routing analysis (which experts each language and domain uses)
-    routing_n: int = 50  # texts per language / domain for the routing analysis
-    batch_size: int = 16
+__all__ = ['SEEDED', 'PRESETS', 'log', 'STAGES', 'AFTER_STAGES', 'COMMANDS', 'SFTRunConfig', 'RunConfig', 'check_model_overrides',
+           'parse_overrides', 'resolve_config', 'RunDir', 'data_stage', 'tokenizer_stage', 'train_run_stage',
+           'sft_stage', 'run_recipe', 'make_parser', 'chat_model_dir', 'main']
 
 # %% ../nbs/90_cli.ipynb #307f16bf
 @dataclass
@@ -61,13 +49,28 @@ class RunConfig(Config):
     "The whole recipe's configuration: one section per stage."
     name: str = 'laptop'  # run name; the run folder defaults to runs/<name>
     preset: str = 'laptop'  # the preset these values started from
-    seed: int = 0  # global seed
+    seed: int|None = setting(None, ge=0)  # one seed for the whole run: when set, every section's `seed` takes it
     data_dir: str|None = None  # data directory; None: $COMPASS_DATA_DIR, else 'synthetic' (the embedded corpus)
     data: DataConfig = field(default_factory=DataConfig)  # the data stage
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)  # the tokenizer stage
-    train: TrainConfig = field(default_factory=TrainConfig)  # staged pretraining (the model preset is `train.model`)
+    train: TrainConfig = field(default_factory=TrainConfig)  # pretraining in phases (the model preset is `train.model`)
     eval: EvalConfig = field(default_factory=EvalConfig)  # evaluation of the trained model
     sft: SFTRunConfig = field(default_factory=SFTRunConfig)  # fast/deep chat fine-tuning (`compass sft`)
+
+    def validate(self):
+        for s in SEEDED:
+            if getattr(self, s).seed < 0: raise ConfigError(f"must be >= 0, got {getattr(self, s).seed}", f'{s}.seed')
+        check_model_overrides(self.train.model_overrides)
+
+# %% ../nbs/90_cli.ipynb #f125ad2a
+SEEDED = ('data', 'tokenizer', 'train', 'sft')  # the sections with a `seed` (evaluation samples stay fixed, so runs compare)
+
+def check_model_overrides(overrides:dict, # `train.model_overrides`
+                         ):
+    "Refuse keys that `CompassConfig` does not have, listing the allowed ones."
+    allowed = [p for p in inspect.signature(CompassConfig.__init__).parameters if p not in ('self', 'kwargs')]
+    for k in overrides:
+        if k not in allowed: raise ConfigError(f"unknown key; allowed: {', '.join(allowed)}", f'train.model_overrides.{k}')
 
 # %% ../nbs/90_cli.ipynb #11793113
 PRESETS = {
@@ -101,11 +104,20 @@ def parse_overrides(items:list[str]|None, # 'a.b=value' strings; values are pars
         k, v = it.split('=', 1)
         d = out
         *parents, last = k.strip().split('.')
-        for p in parents: d = d.setdefault(p, {})
-        d[last] = yaml.safe_load(v)
+        for p in parents:
+            d = d.setdefault(p, {})
+            if not isinstance(d, dict): raise ConfigError(f"cannot set {k.strip()!r}: {p!r} is already set to {d!r}", '--set')
+        try: d[last] = yaml.safe_load(v)
+        except yaml.YAMLError as e: raise ConfigError(f"cannot parse the value of {k.strip()!r}: {e}", '--set') from None
     return out
 
 # %% ../nbs/90_cli.ipynb #24dea1df
+def _one_seed(d:dict)->dict:
+    "With a valid top-level `seed`, every seeded section takes it (an invalid one is left for validation to name)."
+    s = d.get('seed')
+    if not isinstance(s, int) or isinstance(s, bool) or s < 0: return d
+    return {**d, **{k: {**d.get(k, {}), 'seed': s} for k in SEEDED if isinstance(d.get(k, {}), dict)}}
+
 def resolve_config(preset:str='laptop', # a name from `PRESETS`
                    config_file:str|Path|None=None, # a YAML/TOML run config that overrides the preset
                    overrides:dict|None=None, # e.g. from `parse_overrides` (command line) — applied last
@@ -116,8 +128,7 @@ def resolve_config(preset:str='laptop', # a name from `PRESETS`
     preset = (overrides or {}).get('preset') or d.get('preset') or preset
     if preset not in PRESETS: raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}", 'preset')
     merged = _deep_merge(_deep_merge({'name': preset, 'preset': preset}, PRESETS[preset]), d)
-    merged = _deep_merge(merged, overrides or {})
-    return RunConfig.from_dict(merged)
+    return RunConfig.from_dict(_one_seed(_deep_merge(merged, overrides or {})))
 
 # %% ../nbs/90_cli.ipynb #8d3146ee
 class RunDir:
@@ -160,21 +171,6 @@ def train_run_stage(cfg:RunConfig, run:RunDir)->dict:
     out = train_stage(cfg.train, run.path, run/'tokenizer', data=run/'data'/'clean')
     return {k: v for k,v in out.items() if not isinstance(v, (list, dict)) or k == 'val_bpb'}
 
-def eval_run_stage(cfg:RunConfig, run:RunDir)->dict:
-    "Evaluate the run's model into `run/eval/*.json` (needs a data directory with eval/; skipped without one)."
-    data_dir = resolve_data_dir(cfg.data_dir)
-    if data_dir is None or not (data_dir/'eval').is_dir():
-        log.info("eval stage skipped: no data directory with eval/ (the synthetic corpus has no evaluation sets)")
-        return {'skipped': 'no data directory with eval/'}
-    e = cfg.eval
-    out = eval_stage(run.path, data_dir, tasks=e.tasks, bpb_limit=e.bpb_limit, task_limit=e.task_limit, num_fewshot=e.num_fewshot,
-                     probe=e.probe, probe_train=e.probe_train, routing=e.routing, routing_n=e.routing_n, batch_size=e.batch_size)
-    return {**out, 'written': sorted(p.name for p in (run/'eval').glob('*.json'))}
-
-def report_run_stage(cfg:RunConfig, run:RunDir)->dict:
-    "Write the run's report card, `run/report.md` with its plots."
-    return {'report': str(report_stage(run.path))}
-
 def sft_stage(cfg:RunConfig, run:RunDir)->dict:
     "Fine-tune the run's pretrained `model/` for fast and deep answers into `run/sft` (the reasoning notebook's recipe)."
     from compass_nbdev.chat import sentiment_items, synthetic_items, build_sft_examples, sft
@@ -182,16 +178,18 @@ def sft_stage(cfg:RunConfig, run:RunDir)->dict:
         raise CompassError(f"no pretrained model in {str(run/'model')!r}; run `compass run` (or `compass train`) first", 'run_dir')
     s, data_dir, items = cfg.sft, resolve_data_dir(cfg.data_dir), []
     if s.n_per_task and data_dir is not None and (data_dir/'eval'/'sentiment').is_dir():
-        items += sentiment_items(data_dir, 'train', s.n_per_task, seed=cfg.seed)
-    if s.synthetic_per_lang: items += synthetic_items(s.synthetic_per_lang, seed=cfg.seed)
+        items += sentiment_items(data_dir, 'train', s.n_per_task, seed=s.seed)
+    if s.synthetic_per_lang: items += synthetic_items(s.synthetic_per_lang, seed=s.seed)
     if not items: raise ConfigError("no SFT items: no eval/sentiment in the data directory and no synthetic items", 'sft.synthetic_per_lang')
-    examples = build_sft_examples(items, s.deep_frac, seed=cfg.seed)
+    examples = build_sft_examples(items, s.deep_frac, seed=s.seed)
     out = sft(run/'model', run/'sft', examples, s.sft_config())
     return {k: v for k, v in out.items() if k != 'config'}
 
+# %% ../nbs/90_cli.ipynb #2f63aa5a
 STAGES = {'data': data_stage, 'tokenizer': tokenizer_stage, 'train': train_run_stage,
-          'eval': eval_run_stage, 'report': report_run_stage}  # `compass run` runs these in order
-AFTER_STAGES = {'sft': sft_stage}  # run only when named: `compass sft`
+          'eval': lambda cfg, run: evaluate.run(cfg.eval, run.path, cfg.data_dir)}  # `compass run` runs these in order
+AFTER_STAGES = {'report': lambda cfg, run: {'report': str(evaluate.report(run.path))},
+                'sft': sft_stage}  # run only when named: `compass report`, `compass sft`
 
 # %% ../nbs/90_cli.ipynb #db5eb7e3
 def run_recipe(cfg:RunConfig, # the resolved configuration
@@ -213,8 +211,17 @@ def run_recipe(cfg:RunConfig, # the resolved configuration
         log.info("stage %s done in %.1fs", name, time.time()-t0)
     return out
 
-# %% ../nbs/90_cli.ipynb #80e2cbac
+# %% ../nbs/90_cli.ipynb #18eed071
+COMMANDS = {'run': "run the whole recipe into a run folder", 'data': "clean, deduplicate and mix the corpus",
+            'tokenizer': "train the tokenizer on the run's cleaned corpus",
+            'train': "pretraining in phases (resumes from the latest checkpoint)",
+            'eval': "evaluate the run's model (bits per byte, tasks, probes, routing) and write its report",
+            'report': "write the run's report card (report.md + plots)",
+            'sft': "fine-tune the run's model for fast and deep (thinking) answers into <run>/sft",
+            'config': "print the resolved configuration"}  # the commands over a run folder and its configuration
+
 def _common(p:argparse.ArgumentParser):
+    "The options every run-folder command shares: where the configuration and the folder come from."
     p.add_argument('--preset', default=None, help=f"one of: {', '.join(PRESETS)} (default laptop)")
     p.add_argument('--config', default=None, help="a YAML/TOML run config file")
     p.add_argument('--data-dir', default=None, help="data directory (default: $COMPASS_DATA_DIR, else the embedded synthetic corpus)")
@@ -222,28 +229,31 @@ def _common(p:argparse.ArgumentParser):
     p.add_argument('--name', default=None, help="run name")
     p.add_argument('--set', action='append', default=[], metavar='KEY=VALUE', help="override a config key, e.g. data.mix_alpha=0.5")
 
-def make_parser()->argparse.ArgumentParser:
-    "The `compass` argument parser."
-    p = argparse.ArgumentParser(prog='compass', description="Compass-v2 at small scale: data → tokenizer → MoE model → train → evaluate.")
-    p.add_argument('-v', '--verbose', action='store_true', help="log progress")
-    sub = p.add_subparsers(dest='cmd', required=True)
-    for name, hlp in [('run', "run the whole recipe into a run folder"), ('data', "clean, deduplicate and mix the corpus"),
-                      ('tokenizer', "train the tokenizer on the run's cleaned corpus"),
-                      ('train', "staged pretraining (resumes from the latest checkpoint)"),
-                      ('eval', "evaluate the run's model: bits per byte, tasks, probes, routing"),
-                      ('report', "write the run's report card (report.md + plots)"),
-                      ('sft', "fine-tune the run's model for fast and deep (thinking) answers into <run>/sft"),
-                      ('config', "print the resolved configuration")]:
+# %% ../nbs/90_cli.ipynb #56c20639
+def _run_dir_parsers(sub):
+    "One subcommand per entry of `COMMANDS`; `tokenizer` also evaluates against peers."
+    for name, hlp in COMMANDS.items():
         sp = sub.add_parser(name, help=hlp)
         _common(sp)
         if name == 'tokenizer':
             sp.add_argument('action', nargs='?', default='train', choices=('train', 'eval'),
                             help="train (default), or eval: bytes per token on NTREX against peer tokenizers")
             sp.add_argument('--peers', default=None, help="comma-separated peer names for eval (default: every installed one; 'none' for none)")
+
+def _synth_parser(sub):
     s = sub.add_parser('synth', help="write the embedded synthetic corpus as a data directory")
     s.add_argument('--out', required=True, help="folder to create (corpus/<lang>/synthetic_ecommerce.jsonl.gz)")
     s.add_argument('--n-per-lang', type=int, default=200, help="documents per language")
     s.add_argument('--seed', type=int, default=0)
+
+def _cards_parser(sub):
+    c = sub.add_parser('cards', help="list the data cards and check them against a data directory's MANIFEST.tsv")
+    c.add_argument('--cards-dir', default=None, help="the data_cards/ folder (default: found from the current folder)")
+    c.add_argument('--data-dir', default=None, help="check against this data directory (default: $COMPASS_DATA_DIR)")
+
+# %% ../nbs/90_cli.ipynb #48508ea2
+def _chat_parsers(sub):
+    "`compass chat` (a terminal session) and `compass generate` (a file of prompts); the same sampling options."
     for name, hlp in [('chat', "chat with a model in the terminal (/think and /fast switch modes)"),
                       ('generate', "generate replies for the prompts in a file (one per line, or JSONL) into a JSONL file")]:
         g = sub.add_parser(name, help=hlp)
@@ -260,12 +270,19 @@ def make_parser()->argparse.ArgumentParser:
         g.add_argument('--top-p', type=float, default=0.9 if name == 'chat' else 1.0)
         g.add_argument('--seed', type=int, default=0)
         if name == 'chat': g.add_argument('--system', default=None, help="a system message")
-    c = sub.add_parser('cards', help="list the data cards and check them against a data directory's MANIFEST.tsv")
-    c.add_argument('--cards-dir', default=None, help="the data_cards/ folder (default: found from the current folder)")
-    c.add_argument('--data-dir', default=None, help="check against this data directory (default: $COMPASS_DATA_DIR)")
+
+# %% ../nbs/90_cli.ipynb #e0d93350
+def make_parser()->argparse.ArgumentParser:
+    "The `compass` argument parser."
+    p = argparse.ArgumentParser(prog='compass', description="Compass-v2 at small scale: data → tokenizer → MoE model → train → evaluate.")
+    p.add_argument('-v', '--verbose', action='store_true', help="log progress")
+    sub = p.add_subparsers(dest='cmd', required=True)
+    for add in (_run_dir_parsers, _synth_parser, _chat_parsers, _cards_parser): add(sub)
     return p
 
+# %% ../nbs/90_cli.ipynb #31e5bfc5
 def _cfg_from_args(a)->RunConfig:
+    "The run configuration a command asks for: the saved one for a later stage of an existing run, else preset ← file ← options."
     ov = parse_overrides(a.set)
     if a.data_dir: ov['data_dir'] = a.data_dir
     if a.name: ov['name'] = a.name
@@ -275,7 +292,7 @@ def _cfg_from_args(a)->RunConfig:
         return resolve_config('laptop', saved, ov)  # a later stage of an existing run: start from its saved configuration
     return resolve_config(a.preset or 'laptop', a.config, ov)
 
-# %% ../nbs/90_cli.ipynb #4efb8e69
+# %% ../nbs/90_cli.ipynb #52a44a05
 def _synth(a)->int:
     from compass_nbdev.synthetic import write_synthetic_data_dir
     write_synthetic_data_dir(a.out, n_per_lang=a.n_per_lang, seed=a.seed)
@@ -291,6 +308,7 @@ def _tokenizer_eval(cfg:RunConfig, run:RunDir, peers:str|None)->int:
     print(f"wrote {run/'eval'/'tokenizer_eval.json'} and {run/'eval'/'tokenizer_eval.png'}")
     return 0
 
+# %% ../nbs/90_cli.ipynb #9ead5674
 def chat_model_dir(run_dir:str|Path, # a run folder
                    model:str|Path|None=None, # an explicit model folder wins
                   )->Path:
@@ -305,6 +323,7 @@ def chat_model_dir(run_dir:str|Path, # a run folder
         return run/'model'
     raise CompassError(f"no model in {str(run/'sft')!r} or {str(run/'model')!r}; run `compass run` and `compass sft`, or pass --model", '--model')
 
+# %% ../nbs/90_cli.ipynb #1569d664
 def _chat(a)->int:
     from compass_nbdev.chat import chat_loop, generate_file
     md = chat_model_dir(a.run_dir or Path('runs')/a.name, a.model)
@@ -317,6 +336,7 @@ def _chat(a)->int:
     print(f"wrote {a.out}")
     return 0
 
+# %% ../nbs/90_cli.ipynb #bfb2feba
 def _cards(a)->int:
     from compass_nbdev.datacards import read_cards, cards_table, check_cards, find_cards_dir
     cards = read_cards(find_cards_dir(a.cards_dir))

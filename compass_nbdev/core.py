@@ -181,8 +181,8 @@ class Config:
                   where:str='', # key prefix for error messages, e.g. 'data'
                  ):
         "Build and validate an instance; errors name the full key."
+        if d is not None and not isinstance(d, dict): raise ConfigError(f"expected a mapping, got {d!r}", where or None)
         d = dict(d or {})
-        if not isinstance(d, dict): raise ConfigError(f"expected a mapping, got {type(d).__name__}", where or None)
         hints = typing.get_type_hints(cls)
         flds = {f.name: f for f in fields(cls)}
         pre = f"{where}." if where else ""

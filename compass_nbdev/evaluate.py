@@ -13,15 +13,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from .core import (CompassError, ConfigError, DataError, Config, LANGS, atomic_write, atomic_write_json,
-                                atomic_write_text, resolve_data_dir, load_config_file, get_logger)
+                                atomic_write_text, resolve_data_dir, load_config_file, get_logger, setting, md_table)
 from .data import read_jsonl
+from .tokenizer import ntrex_texts
+from .train import nll_sums
 
 # %% auto #0
-__all__ = ['log', 'prefix_token_id', 'token_nll', 'text_nll', 'bootstrap_ratio', 'ntrex_path', 'bits_per_byte', 'bpb_table',
+__all__ = ['log', 'prefix_token_id', 'text_nll', 'bootstrap_ratio', 'ntrex_path', 'bits_per_byte', 'bpb_table', 'token_nll',
            'encode_pair', 'loglikelihoods', 'TaskSpec', 'fields_in', 'load_spec', 'builtin_tasks', 'Task', 'load_task',
            'evaluate_task', 'evaluate_tasks', 'tasks_table', 'lm_eval_task_yaml', 'mean_features', 'linear_probe',
-           'routing_counts', 'mutual_information', 'routing_summary', 'plot_routing', 'domain_groups', 'load_model',
-           'eval_stage', 'plot_bpb', 'plot_tasks', 'report_stage']
+           'routing_counts', 'mutual_information', 'routing_summary', 'plot_routing', 'domain_groups', 'EvalConfig',
+           'load_model', 'evaluate_model', 'run', 'plot_bpb', 'plot_tasks', 'report']
 
 # %% ../nbs/70_eval.ipynb #97c532a0
 log = get_logger('evaluate')
@@ -44,6 +46,63 @@ def _max_len(model)->int:
 
 def _dev(model): return next(model.parameters()).device
 
+# %% ../nbs/70_eval.ipynb #df0b9fea
+def text_nll(model, tok, # any causal LM and its tokenizer
+             texts:list[str], # raw sentences
+             batch_size:int=16)->np.ndarray:
+    "Summed NLL (nats) of every token of each text after the prefix token, in windows of the model's context."
+    return nll_sums(model, tok, list(texts), _max_len(model) - 1, batch_size, prefix_token_id(tok))[0]
+
+# %% ../nbs/70_eval.ipynb #bf84d28d
+def bootstrap_ratio(num:np.ndarray, den:np.ndarray, # per-item numerator and denominator
+                    n_boot:int=1000, ci:float=0.95, seed:int=0)->tuple[float, float]:
+    "Percentile bootstrap interval of sum(num)/sum(den), resampling items."
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(num), (n_boot, len(num)))
+    r = num[idx].sum(1) / den[idx].sum(1)
+    a = (1 - ci) / 2
+    return float(np.quantile(r, a)), float(np.quantile(r, 1 - a))
+
+# %% ../nbs/70_eval.ipynb #e7fec93f
+def ntrex_path(data_dir, lang:str)->Path:
+    "The NTREX file of a language."
+    return Path(data_dir)/'eval'/'bpb'/f'ntrex.{lang}.jsonl'
+
+def _ntrex(data_dir, langs:list[str]|None, limit:int|None)->dict[str, list[str]]:
+    "The first `limit` NTREX sentences of each language (default: every language with a file, in `LANGS` order)."
+    d = resolve_data_dir(data_dir)
+    if d is None: raise ConfigError("bits per byte needs a data directory with eval/bpb/", 'data_dir')
+    texts = ntrex_texts(d, langs or [l for l in LANGS if ntrex_path(d, l).is_file()])
+    for l, tx in texts.items():
+        if not tx: raise DataError("no sentences", str(ntrex_path(d, l)))
+    return {l: tx[:limit] for l, tx in texts.items()}
+
+# %% ../nbs/70_eval.ipynb #d5b82e65
+def bits_per_byte(model, tok, # any causal LM and its tokenizer
+                  data_dir=None, # data dir with eval/bpb/ntrex.<lang>.jsonl (None: $COMPASS_DATA_DIR)
+                  langs:list[str]|None=None, # default: every language with a file
+                  limit:int|None=None, # first N sentences per language (same sentences in every language)
+                  texts:dict[str, list[str]]|None=None, # or give the texts per language directly
+                  n_boot:int=1000, batch_size:int=16,
+                 )->dict:
+    "Bits per UTF-8 byte per language with 95% bootstrap intervals, and their mean."
+    res = {}
+    for l, tx in (texts if texts is not None else _ntrex(data_dir, langs, limit)).items():
+        nats, nb = nll_sums(model, tok, tx, _max_len(model) - 1, batch_size, prefix_token_id(tok))
+        ntok = sum(len(i) for i in tok(tx, add_special_tokens=False)['input_ids'])
+        lo, hi = bootstrap_ratio(nats / math.log(2), nb, n_boot)
+        res[l] = dict(bpb=float(nats.sum() / (math.log(2) * nb.sum())), ci95=[lo, hi], n=len(tx), bytes=int(nb.sum()),
+                      tokens=ntok, bytes_per_token=float(nb.sum() / max(ntok, 1)))
+    return dict(langs=res, mean_bpb=float(np.mean([r['bpb'] for r in res.values()])),
+                counted='sum over sentences of NLL of every token given a prefix token / (ln 2 * UTF-8 bytes)')
+
+# %% ../nbs/70_eval.ipynb #386f6449
+def bpb_table(res:dict)->'pd.DataFrame':
+    "A table of `bits_per_byte` results."
+    import pandas as pd
+    return pd.DataFrame([dict(lang=l, bpb=r['bpb'], ci_low=r['ci95'][0], ci_high=r['ci95'][1], sentences=r['n'],
+                              bytes_per_token=r['bytes_per_token']) for l, r in res['langs'].items()]).round(3)
+
 # %% ../nbs/70_eval.ipynb #bfaf5487
 @torch.no_grad()
 def token_nll(model, # a causal LM whose output has `.logits`
@@ -65,69 +124,6 @@ def token_nll(model, # a causal LM whose output has `.logits`
         nll = -torch.gather(logp, 2, x[:, 1:].to(dev).unsqueeze(-1)).squeeze(-1).cpu().numpy()
         for j, i in enumerate(idx): out[i] = nll[j, :len(seqs[i]) - 1]
     return out
-
-# %% ../nbs/70_eval.ipynb #df0b9fea
-def text_nll(model, tok, texts:list[str], # raw sentences
-             batch_size:int=16)->np.ndarray:
-    "Summed NLL (nats) of every token of each text given the prefix token (windows if longer than the context)."
-    pre, L = prefix_token_id(tok), _max_len(model)
-    seqs, owner = [], []
-    for i, ids in enumerate(tok(list(texts), add_special_tokens=False)['input_ids']):
-        ids = [pre] + ids
-        for s in range(0, max(len(ids) - 1, 1), L):
-            seqs.append(ids[s:s + L + 1]); owner.append(i)
-    tot = np.zeros(len(texts))
-    for o, n in zip(owner, token_nll(model, seqs, batch_size)): tot[o] += float(n.sum())
-    return tot
-
-def bootstrap_ratio(num:np.ndarray, den:np.ndarray, # per-item numerator and denominator
-                    n_boot:int=1000, ci:float=0.95, seed:int=0)->tuple[float, float]:
-    "Percentile bootstrap interval of sum(num)/sum(den), resampling items."
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(num), (n_boot, len(num)))
-    r = num[idx].sum(1) / den[idx].sum(1)
-    a = (1 - ci) / 2
-    return float(np.quantile(r, a)), float(np.quantile(r, 1 - a))
-
-# %% ../nbs/70_eval.ipynb #647d4025
-def ntrex_path(data_dir, lang:str)->Path:
-    "The NTREX file of a language."
-    return Path(data_dir)/'eval'/'bpb'/f'ntrex.{lang}.jsonl'
-
-def bits_per_byte(model, tok, # any causal LM and its tokenizer
-                  data_dir=None, # data dir with eval/bpb/ntrex.<lang>.jsonl (None: $COMPASS_DATA_DIR)
-                  langs:list[str]|None=None, # default: every language with a file
-                  limit:int|None=None, # first N sentences per language (same sentences in every language)
-                  texts:dict[str, list[str]]|None=None, # or give the texts per language directly
-                  n_boot:int=1000, batch_size:int=16,
-                 )->dict:
-    "Bits per UTF-8 byte per language with 95% bootstrap intervals, and their mean."
-    if texts is None:
-        d = resolve_data_dir(data_dir)
-        if d is None: raise ConfigError("bits per byte needs a data directory with eval/bpb/", 'data_dir')
-        langs = langs or [l for l in LANGS if ntrex_path(d, l).is_file()]
-        texts = {}
-        for l in langs:
-            recs = read_jsonl(ntrex_path(d, l), required=('text',))
-            if not recs: raise DataError("no sentences", str(ntrex_path(d, l)))
-            texts[l] = [r['text'] for r in recs[:limit]]
-    res = {}
-    for l, tx in texts.items():
-        nll = text_nll(model, tok, tx, batch_size)
-        nb = np.array([len(t.encode('utf-8', 'surrogatepass')) for t in tx], dtype=float)
-        ntok = sum(len(i) for i in tok(tx, add_special_tokens=False)['input_ids'])
-        lo, hi = bootstrap_ratio(nll / math.log(2), nb, n_boot)
-        res[l] = dict(bpb=float(nll.sum() / (math.log(2) * nb.sum())), ci95=[lo, hi], n=len(tx), bytes=int(nb.sum()),
-                      tokens=ntok, bytes_per_token=float(nb.sum() / max(ntok, 1)))
-    return dict(langs=res, mean_bpb=float(np.mean([r['bpb'] for r in res.values()])),
-                counted='sum over sentences of NLL of every token given a prefix token / (ln 2 * UTF-8 bytes)')
-
-# %% ../nbs/70_eval.ipynb #386f6449
-def bpb_table(res:dict)->'pd.DataFrame':
-    "A table of `bits_per_byte` results."
-    import pandas as pd
-    return pd.DataFrame([dict(lang=l, bpb=r['bpb'], ci_low=r['ci95'][0], ci_high=r['ci95'][1], sentences=r['n'],
-                              bytes_per_token=r['bytes_per_token']) for l, r in res['langs'].items()]).round(3)
 
 # %% ../nbs/70_eval.ipynb #1b642a14
 def encode_pair(tok, context:str, continuation:str)->tuple[list[int], list[int]]:
@@ -475,8 +471,24 @@ def domain_groups(data_dir=None, n:int=50, lang:str|None=None)->dict[str, list[s
         if l in sent: eco += [r['text'] for r in read_jsonl(d/'eval'/'sentiment'/f'{sent[l]}.test.jsonl')[:n // len(langs) + 1]]
     return {'general': gen[:n], 'ecommerce': eco[:n]}
 
+# %% ../nbs/70_eval.ipynb #6fb4ab35
+@dataclass
+class EvalConfig(Config):
+    "What `run` (and `compass eval`) measures: bits per byte, tasks, probes, routing."
+    tasks:list[str]|None = None  # built-in task names or spec files; None: every built-in task
+    bpb_limit:int|None = setting(200, ge=1)  # NTREX sentences per language (None: all 1,997)
+    task_limit:int|None = setting(50, ge=1)  # items per task, a seeded sample (None: all)
+    num_fewshot:int|None = setting(None, ge=0)  # override every task's few-shot count
+    probe:bool = True  # linear probes on frozen features for the tasks with a training split
+    probe_train:int = setting(500, ge=1)  # training examples per probe
+    routing:bool = True  # routing analysis (MoE models only)
+    routing_n:int = setting(50, ge=1)  # texts per language / domain for the routing analysis
+    batch_size:int = setting(16, ge=1)  # sequences per forward pass
+
 # %% ../nbs/70_eval.ipynb #03c42ead
-def load_model(path:str|Path, device:str|None=None):
+def load_model(path:str|Path, # a `save_pretrained` folder with its tokenizer
+               device:str|None=None, # default: cuda if available, else cpu
+              ):
     "A causal LM and its tokenizer from a `save_pretrained` folder (Compass models included)."
     import compass_nbdev.model  # registers the Compass architecture with the Auto classes
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -486,50 +498,56 @@ def load_model(path:str|Path, device:str|None=None):
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     return model.to(device or ('cuda' if torch.cuda.is_available() else 'cpu')).eval(), tok
 
-def _save_fig(fig, path:Path, dpi:int=90):
-    import matplotlib.pyplot as plt
-    buf = io.BytesIO(); fig.savefig(buf, format='png', dpi=dpi, bbox_inches='tight'); plt.close(fig)
-    with atomic_write(path, 'wb') as f: f.write(buf.getvalue())
+# %% ../nbs/70_eval.ipynb #41a9281d
+def _probes(model, tok, cfg:EvalConfig, data_dir:Path)->list[dict]|None:
+    "Linear probes for every evaluated task with a training split; None without scikit-learn."
+    if importlib.util.find_spec('sklearn') is None:
+        log.warning("scikit-learn is not installed: skipping linear probes (pip install 'compass_nbdev[eval]')"); return None
+    specs = [load_spec(t) for t in (cfg.tasks if cfg.tasks is not None else builtin_tasks())]
+    return [linear_probe(model, tok, s, data_dir, n_train=cfg.probe_train, n_test=cfg.task_limit or 500,
+                         batch_size=cfg.batch_size) for s in specs if s.split_train]
 
-# %% ../nbs/70_eval.ipynb #72aa324e
-def eval_stage(run_dir:str|Path, # the run folder (model from run_dir/model unless `model_dir`)
-               data_dir=None, # data directory (None: $COMPASS_DATA_DIR)
-               tasks:list|None=None, # task names/spec files (None: every built-in task)
-               model_dir:str|Path|None=None, # evaluate this saved model instead
-               bpb_limit:int|None=None, # NTREX sentences per language (None: all 1,997)
-               task_limit:int|None=200, # items per task
-               num_fewshot:int|None=None, # override every task's few-shot count
-               probe:bool=True, # linear probes for tasks with a training split
-               probe_train:int=2000, # training examples per probe
-               routing:bool=True, # routing analysis (MoE models)
-               routing_n:int=100, # sentences per language / domain for the routing analysis
-               batch_size:int=16)->dict:
-    "Evaluate a saved model into run_dir/eval/*.json: bpb.json, tasks.json, probes.json, routing.json."
-    run_dir = Path(run_dir); out = run_dir/'eval'
-    model, tok = load_model(model_dir or run_dir/'model')
-    d = resolve_data_dir(data_dir)
-    if d is None: raise ConfigError("evaluation needs a data directory with eval/ (set --data-dir or $COMPASS_DATA_DIR)", 'data_dir')
-    summary = {}
-    bpb = bits_per_byte(model, tok, d, limit=bpb_limit, batch_size=batch_size)
-    atomic_write_json(out/'bpb.json', bpb); summary['mean_bpb'] = bpb['mean_bpb']
-    tres = evaluate_tasks(model, tok, tasks, d, task_limit, num_fewshot, batch_size)
+def _routing_json(rc:dict)->dict:
+    "`routing_counts` as plain JSON, with each layer's mutual information."
+    return dict(groups=rc['groups'], **{k: rc[k].tolist() for k in ('counts', 'tokens', 'shared_norm', 'routed_norm')},
+                mi_bits=[mutual_information(c) for c in rc['counts']])
+
+def _routing(model, tok, cfg:EvalConfig, data_dir:Path, langs:list[str])->dict:
+    "Routing by language (NTREX sentences) and by domain (news against reviews)."
+    by_lang = {l: [r['text'] for r in read_jsonl(ntrex_path(data_dir, l))[:cfg.routing_n]] for l in langs}
+    rc = lambda groups: _routing_json(routing_counts(model, tok, groups, cfg.batch_size))
+    return dict(by_lang=rc(by_lang), by_domain=rc(domain_groups(data_dir, cfg.routing_n)))
+
+# %% ../nbs/70_eval.ipynb #6b32bd69
+def evaluate_model(model, tok, # any causal LM and its tokenizer
+                   cfg:EvalConfig, # what to measure
+                   data_dir:Path, # a data directory with eval/
+                   out:Path, # the folder for bpb.json, tasks.json, probes.json, routing.json
+                  )->dict:
+    "Evaluate a model into `out/*.json`; a summary."
+    bpb = bits_per_byte(model, tok, data_dir, limit=cfg.bpb_limit, batch_size=cfg.batch_size)
+    atomic_write_json(out/'bpb.json', bpb)
+    tres = evaluate_tasks(model, tok, cfg.tasks, data_dir, cfg.task_limit, cfg.num_fewshot, cfg.batch_size)
     atomic_write_json(out/'tasks.json', tres)
-    if probe and importlib.util.find_spec('sklearn') is None:
-        log.warning("scikit-learn is not installed: skipping linear probes (pip install 'compass_nbdev[eval]')"); probe = False
-    if probe:
-        specs = [load_spec(t) for t in (tasks if tasks is not None else builtin_tasks())]
-        pres = [linear_probe(model, tok, s, d, n_train=probe_train, n_test=task_limit or 500, batch_size=batch_size) for s in specs if s.split_train]
-        atomic_write_json(out/'probes.json', pres)
-    if routing and _moe_modules(model):
-        rl = routing_counts(model, tok, {l: [r['text'] for r in read_jsonl(ntrex_path(d, l))[:routing_n]] for l in bpb['langs']}, batch_size)
-        rd = routing_counts(model, tok, domain_groups(d, routing_n), batch_size)
-        js = lambda rc: dict(groups=rc['groups'], counts=rc['counts'].tolist(), tokens=rc['tokens'].tolist(),
-                             shared_norm=rc['shared_norm'].tolist(), routed_norm=rc['routed_norm'].tolist(),
-                             mi_bits=[mutual_information(c) for c in rc['counts']])
-        atomic_write_json(out/'routing.json', dict(by_lang=js(rl), by_domain=js(rd)))
-    return summary
+    if cfg.probe and (pres := _probes(model, tok, cfg, data_dir)) is not None: atomic_write_json(out/'probes.json', pres)
+    if cfg.routing and _moe_modules(model): atomic_write_json(out/'routing.json', _routing(model, tok, cfg, data_dir, list(bpb['langs'])))
+    return {'mean_bpb': bpb['mean_bpb'], 'written': sorted(p.name for p in out.glob('*.json'))}
 
-# %% ../nbs/70_eval.ipynb #2e2bc684
+# %% ../nbs/70_eval.ipynb #4457caac
+def run(cfg:EvalConfig, # what to measure
+        run_dir:str|Path, # the run folder: reads model/, writes eval/*.json and report.md
+        data_dir=None, # a data directory with eval/ (None: $COMPASS_DATA_DIR; 'synthetic': nothing to evaluate)
+        model_dir:str|Path|None=None, # evaluate this saved model instead of run_dir/model
+       )->dict:
+    "Evaluate the run's model into `run_dir/eval/` and write the run's report; a summary."
+    run_dir, d = Path(run_dir), resolve_data_dir(data_dir)
+    if d is None or not (d/'eval').is_dir():
+        log.info("evaluation skipped: no data directory with eval/ (the synthetic corpus has no evaluation sets)")
+        out = {'skipped': 'no data directory with eval/'}
+    else: out = evaluate_model(*load_model(model_dir or run_dir/'model'), cfg, d, run_dir/'eval')
+    return {**out, 'report': str(report(run_dir))}
+
+# %% ../nbs/70_eval.ipynb #dcb0bd3a
 def plot_bpb(bpb:dict):
     "Bits per byte per language with 95% intervals."
     import matplotlib.pyplot as plt
@@ -549,69 +567,94 @@ def plot_tasks(tres:list[dict]):
     ax.set_xticks(x, [r['task'] for r in tres], rotation=60, ha='right', fontsize=7); ax.legend(fontsize=7); ax.set_title('tasks')
     return fig
 
-def _md(df)->str:
-    cols = list(df.columns)
-    fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else str(v)
-    return '\n'.join(['| ' + ' | '.join(map(str, cols)) + ' |', '|' + '---|' * len(cols)] +
-                     ['| ' + ' | '.join(fmt(v) for v in row) + ' |' for row in df.itertuples(index=False)]) + '\n'
+# %% ../nbs/70_eval.ipynb #ba19fbb3
+def _save_fig(fig, path:Path, dpi:int=90):
+    "Save a figure as PNG atomically and close it."
+    import matplotlib.pyplot as plt
+    buf = io.BytesIO(); fig.savefig(buf, format='png', dpi=dpi, bbox_inches='tight'); plt.close(fig)
+    with atomic_write(path, 'wb') as f: f.write(buf.getvalue())
 
-def _rc(js:dict)->dict: return {k: np.array(v) if k in ('counts', 'tokens', 'shared_norm', 'routed_norm') else v for k, v in js.items()}
+def _fig_md(fig, run_dir:Path, name:str, alt:str, dpi:int)->str:
+    "Save a figure into the run folder; its markdown image line."
+    _save_fig(fig, run_dir/name, dpi)
+    return f"![{alt}]({name})\n"
 
-# %% ../nbs/70_eval.ipynb #59ac3cea
-def report_stage(run_dir:str|Path, # a run folder
-                 dpi:int=90)->Path:
+def _json(p:Path):
+    "The JSON in `p`, or None when the file is missing."
+    return json.loads(p.read_text()) if p.is_file() else None
+
+# %% ../nbs/70_eval.ipynb #8fca0cb7
+_NOT_RESULTS = ('tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json')
+
+def _data_md(run_dir:Path, dpi:int)->list[str]:
+    "The data stage's figures and a link to its report."
+    if not (run_dir/'data'/'report.md').is_file(): return []
+    return (["\n## Data mix\n"] + [f"![{p.stem}]({p.relative_to(run_dir).as_posix()})\n" for p in sorted((run_dir/'data').glob('*.png'))]
+            + ["Details: [data/report.md](data/report.md)\n"])
+
+def _tokenizer_md(run_dir:Path, dpi:int)->list[str]:
+    "Bytes per token, from any tokenizer evaluation JSON in the run folder."
+    md, ev = [], run_dir/'eval'
+    for p in sorted((run_dir/'tokenizer').glob('*.json')) + sorted(run_dir.glob('tokenizer*.json')) + sorted(ev.glob('tokenizer*.json')):
+        try: d = json.loads(p.read_text()) if p.name not in _NOT_RESULTS else {}
+        except (OSError, ValueError): continue   # not a results file
+        if 'results' not in d: continue
+        md.append("\n## Tokenizer fertility\n")
+        if d.get('headline'): md.append(f"```\n{json.dumps(d['headline'], indent=1, ensure_ascii=False)[:1500]}\n```\n")
+        if p.with_suffix('.png').is_file(): md.append(f"![bytes per token]({p.with_suffix('.png').relative_to(run_dir).as_posix()})\n")
+    return md
+
+def _training_md(run_dir:Path, dpi:int)->list[str]:
+    "Loss curves, expert load and the last logged loss, from `metrics.jsonl`."
+    if not (run_dir/'metrics.jsonl').is_file(): return []
+    from compass_nbdev.train import plot_metrics, plot_expert_load
+    recs = [json.loads(l) for l in (run_dir/'metrics.jsonl').read_text().splitlines() if l.strip()]
+    if not recs: return ["\n## Training\n"]
+    md = ["\n## Training\n", _fig_md(plot_metrics(recs), run_dir, 'report_loss.png', 'loss curves', dpi)]
+    if (f := plot_expert_load(recs)) is not None: md.append(_fig_md(f, run_dir, 'report_expert_load.png', 'expert load', dpi))
+    last = recs[-1]
+    return md + [f"Last logged step {last.get('global_step')}: LM loss {last.get('lm_loss', float('nan')):.4f}\n"]
+
+# %% ../nbs/70_eval.ipynb #58d08267
+def _bpb_md(run_dir:Path, dpi:int)->list[str]:
+    "Bits per byte per language: the mean, a table and a bar chart."
+    if (bpb := _json(run_dir/'eval'/'bpb.json')) is None: return []
+    return ["\n## Bits per byte (NTREX)\n",
+            f"Mean over languages: **{bpb['mean_bpb']:.4f}** bits/byte. Counted: {bpb.get('counted', '')}.\n\n",
+            md_table(bpb_table(bpb)) + '\n', _fig_md(plot_bpb(bpb), run_dir, 'report_bpb.png', 'bits per byte', dpi)]
+
+def _tasks_md(run_dir:Path, dpi:int)->list[str]:
+    "Multiple-choice accuracies against chance."
+    if not (tres := _json(run_dir/'eval'/'tasks.json')): return []
+    return ["\n## Tasks (multiple choice, log-likelihood)\n", md_table(tasks_table(tres)) + '\n',
+            _fig_md(plot_tasks(tres), run_dir, 'report_tasks.png', 'tasks', dpi)]
+
+def _probes_md(run_dir:Path, dpi:int)->list[str]:
+    "Linear-probe accuracies against the majority class."
+    if not (pres := _json(run_dir/'eval'/'probes.json')): return []
+    cols = ('task', 'lang', 'n_train', 'n_test', 'probe_acc', 'majority_acc')
+    return ["\n## Linear probes (frozen mean-pooled features)\n", md_table([{k: r[k] for k in cols} for r in pres]) + '\n']
+
+def _routing_md(run_dir:Path, dpi:int)->list[str]:
+    "Per layer: mutual information between group and expert, output norms, and a heatmap, by language and by domain."
+    if (rj := _json(run_dir/'eval'/'routing.json')) is None: return []
+    md = ["\n## Routing\n"]
+    for k, t in (('by_lang', 'language'), ('by_domain', 'domain')):
+        if k not in rj: continue
+        rc = {k2: np.array(v) if k2 in ('counts', 'tokens', 'shared_norm', 'routed_norm') else v for k2, v in rj[k].items()}
+        md += [f"\nBy {t}: mutual information between {t} and expert choice, and shared vs routed output norms.\n\n",
+               md_table(routing_summary(rc)) + '\n', _fig_md(plot_routing(rc, f'expert use by {t}'), run_dir, f'report_routing_{k}.png', f'routing by {t}', dpi)]
+    return md
+
+# %% ../nbs/70_eval.ipynb #6584d296
+_SECTIONS = [_data_md, _tokenizer_md, _training_md, _bpb_md, _tasks_md, _probes_md, _routing_md]
+
+def report(run_dir:str|Path, # a run folder
+           dpi:int=90, # resolution of the PNG figures
+          )->Path:
     "Write run_dir/report.md and its PNGs from whatever the run folder holds; returns the report's path."
-    import pandas as pd
-    run_dir = Path(run_dir); ev = run_dir/'eval'
-    md = [f"# Report: {run_dir.name}\n"]
-    def section(t): md.append(f"\n## {t}\n")
-    def img(rel, alt): md.append(f"![{alt}]({rel})\n")
-    if (run_dir/'data'/'report.md').is_file():
-        section('Data mix')
-        for p in sorted((run_dir/'data').glob('*.png')): img(p.relative_to(run_dir).as_posix(), p.stem)
-        md.append(f"Details: [data/report.md](data/report.md)\n")
-    tj = sorted((run_dir/'tokenizer').glob('*.json')) + sorted(run_dir.glob('tokenizer*.json')) + sorted(ev.glob('tokenizer*.json'))
-    tj = [p for p in tj if p.name not in ('tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json')]
-    for p in tj:
-        try: d = json.loads(p.read_text())
-        except Exception: continue
-        if 'results' in d:
-            section('Tokenizer fertility')
-            if d.get('headline'): md.append(f"```\n{json.dumps(d['headline'], indent=1, ensure_ascii=False)[:1500]}\n```\n")
-            if p.with_suffix('.png').is_file(): img(p.with_suffix('.png').relative_to(run_dir).as_posix(), 'bytes per token')
-    if (run_dir/'metrics.jsonl').is_file():
-        from compass_nbdev.train import plot_metrics, plot_expert_load
-        section('Training')
-        recs = [json.loads(l) for l in (run_dir/'metrics.jsonl').read_text().splitlines() if l.strip()]
-        if recs:
-            _save_fig(plot_metrics(recs), run_dir/'report_loss.png', dpi); img('report_loss.png', 'loss curves')
-            f = plot_expert_load(recs)
-            if f is not None: _save_fig(f, run_dir/'report_expert_load.png', dpi); img('report_expert_load.png', 'expert load')
-            last = recs[-1]
-            md.append(f"Last logged step {last.get('global_step')}: LM loss {last.get('lm_loss', float('nan')):.4f}\n")
-    if (ev/'bpb.json').is_file():
-        bpb = json.loads((ev/'bpb.json').read_text())
-        section('Bits per byte (NTREX)')
-        md.append(f"Mean over languages: **{bpb['mean_bpb']:.4f}** bits/byte. Counted: {bpb.get('counted', '')}.\n\n")
-        md.append(_md(bpb_table(bpb))); _save_fig(plot_bpb(bpb), run_dir/'report_bpb.png', dpi); img('report_bpb.png', 'bits per byte')
-    if (ev/'tasks.json').is_file():
-        tres = json.loads((ev/'tasks.json').read_text())
-        if tres:
-            section('Tasks (multiple choice, log-likelihood)')
-            md.append(_md(tasks_table(tres))); _save_fig(plot_tasks(tres), run_dir/'report_tasks.png', dpi); img('report_tasks.png', 'tasks')
-    if (ev/'probes.json').is_file():
-        pres = json.loads((ev/'probes.json').read_text())
-        if pres:
-            section('Linear probes (frozen mean-pooled features)')
-            md.append(_md(pd.DataFrame(pres)[['task', 'lang', 'n_train', 'n_test', 'probe_acc', 'majority_acc']]))
-    if (ev/'routing.json').is_file():
-        rj = json.loads((ev/'routing.json').read_text())
-        section('Routing')
-        for k, t in (('by_lang', 'language'), ('by_domain', 'domain')):
-            if k in rj:
-                rc = _rc(rj[k]); md.append(f"\nBy {t}: mutual information between {t} and expert choice, and shared vs routed output norms.\n\n")
-                md.append(_md(routing_summary(rc))); _save_fig(plot_routing(rc, f'expert use by {t}'), run_dir/f'report_routing_{k}.png', dpi)
-                img(f'report_routing_{k}.png', f'routing by {t}')
+    run_dir = Path(run_dir)
+    md = [f"# Report: {run_dir.name}\n"] + [s for section in _SECTIONS for s in section(run_dir, dpi)]
     if len(md) == 1: md.append("\nNothing to report yet: the run folder has no data report, metrics or evaluation results.\n")
     atomic_write_text(run_dir/'report.md', ''.join(md))
     return run_dir/'report.md'

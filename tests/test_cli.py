@@ -18,11 +18,37 @@ def test_config_prints_resolved_yaml():
     (['config', '--preset', 'huge'], "preset: unknown preset 'huge'"),
     (['config', '--set', 'data.mix_alpha=2'], 'data.mix_alpha: must be in (0, 1]'),
     (['data', '--data-dir', '/no/such/dir'], "data_dir: data directory '/no/such/dir' does not exist"),
+    (['config', '--set', 'data=5'], 'data: expected a mapping, got 5'),                       # #23: was a TypeError traceback
+    (['run', '--preset', 'tiny', '--data-dir', 'synthetic', '--set', 'train.seed=-5'], 'train.seed: must be >= 0, got -5'),
+    (['config', '--set', 'train.stages=[5]'], 'expected a mapping, got 5'),   # old key of train.phases: read as phases
+    (['config', '--set', 'data=5', '--set', 'data.seed=1'], "'data' is already set to 5"),
+    (['config', '--set', 'seed=-1'], 'seed: must be >= 0, got -1'),
+    (['config', '--preset', 'tiny', '--set', 'train.model_overrides.n_experts=4'],              # #23: a typo was ignored
+     'train.model_overrides.n_experts: unknown key; allowed: vocab_size, hidden_size'),
 ])
 def test_bad_input_names_the_key(args, msg):
     r = compass(*args)
     assert r.returncode == 2
     assert msg in r.stderr and 'Traceback' not in r.stderr
+
+def test_bad_run_seed_writes_nothing(tmp_path):
+    "A bad setting stops the command before the run folder is created."
+    r = compass('run', '--preset', 'tiny', '--data-dir', 'synthetic', '--run-dir', str(tmp_path/'run'), '--set', 'train.seed=-5')
+    assert r.returncode == 2 and 'Traceback' not in r.stderr and not (tmp_path/'run').exists()
+
+def test_top_level_seed_seeds_every_stage():
+    "The run's `seed` is copied into every seeded section (on main it changed only SFT's data)."
+    r = compass('config', '--preset', 'tiny', '--set', 'seed=7', '--set', 'train.seed=3')
+    assert r.returncode == 0, r.stderr
+    cfg = yaml.safe_load(r.stdout)
+    assert [cfg['seed']] + [cfg[s]['seed'] for s in ('data', 'tokenizer', 'train', 'sft')] == [7] * 5
+    plain = yaml.safe_load(compass('config', '--preset', 'tiny', '--set', 'train.seed=3').stdout)
+    assert plain['seed'] is None and plain['train']['seed'] == 3 and plain['data']['seed'] == 0
+
+def test_eval_section_defaults_come_from_evaluate():
+    from compass_nbdev.evaluate import EvalConfig
+    cfg = yaml.safe_load(compass('config', '--preset', 'laptop').stdout)
+    assert cfg['eval'] == EvalConfig().to_dict()
 
 def test_config_file_is_named_in_errors(tmp_path):
     f = tmp_path/'run.yaml'

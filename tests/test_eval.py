@@ -4,7 +4,7 @@ import numpy as np, pytest, torch, yaml
 from compass_nbdev.core import DataError, ConfigError, CompassError
 from compass_nbdev.evaluate import (prefix_token_id, token_nll, text_nll, bits_per_byte, encode_pair, loglikelihoods,
                                     TaskSpec, load_spec, load_task, evaluate_task, builtin_tasks, lm_eval_task_yaml,
-                                    mutual_information, routing_counts, mean_features, eval_stage, report_stage)
+                                    mutual_information, routing_counts, mean_features, EvalConfig, run, report)
 from compass_nbdev.model import CompassConfig, CompassForCausalLM
 from compass_nbdev.tokenizer import train_bpe, to_hf
 
@@ -142,19 +142,48 @@ def test_mean_features_shape(model, tok):
     np.testing.assert_allclose(f, g, atol=1e-5)
 
 @pytest.mark.skipif(DATA is None, reason='needs the shared data directory')
-def test_eval_and_report_stage(model, tok, tmp_path):
-    run = tmp_path/'run'
-    model.save_pretrained(run/'model'); tok.save_pretrained(run/'model')
+def test_eval_run_writes_results_and_report(model, tok, tmp_path):
+    run_dir = tmp_path/'run'
+    model.save_pretrained(run_dir/'model'); tok.save_pretrained(run_dir/'model')
     import importlib.util
     sk = importlib.util.find_spec('sklearn') is not None
-    eval_stage(run, DATA, tasks=['sentiment_smsa_id'], bpb_limit=3, task_limit=3, routing_n=3, probe=sk,
-               probe_train=12, batch_size=8)
-    for f in ('bpb.json', 'tasks.json', 'routing.json') + (('probes.json',) if sk else ()): assert (run/'eval'/f).is_file()
-    bpb = json.loads((run/'eval'/'bpb.json').read_text())
-    assert set(bpb['langs']) >= {'en', 'th', 'zh'}
-    md = report_stage(run).read_text()
+    cfg = EvalConfig(tasks=['sentiment_smsa_id'], bpb_limit=3, task_limit=3, routing_n=3, probe=sk, probe_train=12, batch_size=8)
+    out = run(cfg, run_dir, DATA)
+    for f in ('bpb.json', 'tasks.json', 'routing.json') + (('probes.json',) if sk else ()): assert f in out['written']
+    bpb = json.loads((run_dir/'eval'/'bpb.json').read_text())
+    assert set(bpb['langs']) >= {'en', 'th', 'zh'} and all(r['n'] == 3 for r in bpb['langs'].values())
+    assert math.isclose(out['mean_bpb'], bpb['mean_bpb'])
+    md = (run_dir/'report.md').read_text()
+    assert out['report'] == str(run_dir/'report.md')
     for h in ('Bits per byte', 'Tasks', 'Routing') + (('Linear probes',) if sk else ()): assert h in md
-    assert (run/'report_bpb.png').is_file() and (run/'report_routing_by_lang.png').is_file()
+    assert '| lang | bpb | ci_low |' in md  # tables come from core.md_table
+    assert (run_dir/'report_bpb.png').is_file() and (run_dir/'report_routing_by_lang.png').is_file()
+    (run_dir/'report.md').unlink()
+    assert report(run_dir).read_text() == md   # `compass report` alone rewrites the same report
+
+def test_eval_run_without_data_writes_only_the_report(tmp_path):
+    out = run(EvalConfig(), tmp_path/'r', 'synthetic')
+    assert out == {'skipped': 'no data directory with eval/', 'report': str(tmp_path/'r'/'report.md')}
+    assert 'Nothing to report yet' in (tmp_path/'r'/'report.md').read_text()
+
+def test_eval_config_one_set_of_defaults_and_checked_ranges():
+    import inspect
+    from compass_nbdev.evaluate import evaluate_model
+    assert 'bpb_limit' not in inspect.signature(evaluate_model).parameters   # the function takes the config, no defaults of its own
+    c = EvalConfig()
+    assert (c.bpb_limit, c.task_limit, c.routing_n, c.probe_train) == (200, 50, 50, 500)
+    for k, v, msg in [('routing_n', 0, 'must be >= 1, got 0'), ('task_limit', -1, 'must be >= 1'), ('num_fewshot', -2, 'must be >= 0'),
+                      ('batch_size', 0, 'must be >= 1')]:
+        with pytest.raises(ConfigError, match=f"eval.{k}: {msg}"): EvalConfig.from_dict({k: v}, 'eval')
+
+def test_bpb_is_train_nll_sums(model, tok):
+    "Evaluation and training validation share one scoring primitive (train.nll_sums): same numbers for the same prefix."
+    from compass_nbdev.train import nll_sums
+    from compass_nbdev.evaluate import _max_len
+    nats, nb = nll_sums(model, tok, TEXTS[:7], _max_len(model) - 1, 4, prefix_token_id(tok))
+    r = bits_per_byte(model, tok, texts={'mix': TEXTS[:7]}, n_boot=50)['langs']['mix']
+    assert math.isclose(r['bpb'], nats.sum() / (math.log(2) * nb.sum()), rel_tol=1e-6)
+    np.testing.assert_allclose(text_nll(model, tok, TEXTS[:7]), nats, rtol=1e-5)
 
 def test_lm_eval_agreement(model, tok, taskfile, tmp_path, monkeypatch):
     "Per-choice log-likelihoods agree with lm-evaluation-harness (HF backend) within 1e-5; accuracies are equal."
