@@ -20,7 +20,7 @@ from .train import nll_sums
 
 # %% auto #0
 __all__ = ['log', 'prefix_token_id', 'text_nll', 'bootstrap_ratio', 'ntrex_path', 'bits_per_byte', 'bpb_table', 'token_nll',
-           'encode_pair', 'loglikelihoods', 'TaskSpec', 'fields_in', 'load_spec', 'builtin_tasks', 'Task', 'load_task',
+           'encode_pair', 'loglikelihoods', 'fields_in', 'TaskSpec', 'load_spec', 'builtin_tasks', 'Task', 'load_task',
            'evaluate_task', 'evaluate_tasks', 'tasks_table', 'lm_eval_task_yaml', 'mean_features', 'linear_probe',
            'routing_counts', 'mutual_information', 'routing_summary', 'plot_routing', 'domain_groups', 'EvalConfig',
            'load_model', 'evaluate_model', 'run', 'plot_bpb', 'plot_tasks', 'report']
@@ -145,7 +145,12 @@ def loglikelihoods(model, tok, requests:list[tuple[str, str]], # (context, conti
         seqs.append(s); spans.append(len(cont))
     return [-float(torch.from_numpy(nll[-n:]).sum()) for n, nll in zip(spans, token_nll(model, seqs, batch_size))]
 
-# %% ../nbs/70_eval.ipynb #5f565bca
+# %% ../nbs/70_eval.ipynb #adfbb0d9
+def fields_in(template:str)->list[str]:
+    "The field names a format template uses."
+    return [f.split('.')[0].split('[')[0] for _, f, _, _ in string.Formatter().parse(template) if f]
+
+# %% ../nbs/70_eval.ipynb #7f9bb200
 @dataclass
 class TaskSpec(Config):
     "A multiple-choice task declared as data."
@@ -161,7 +166,7 @@ class TaskSpec(Config):
     target_delimiter:str = ' '  # put between the prompt and each choice
     fewshot_sep:str = '\n\n'  # between few-shot examples
     fewshot_path:str|None = None  # few-shot examples (default: other items of `path`)
-    num_fewshot:int = 0
+    num_fewshot:int = setting(0, ge=0)  # examples put before each prompt
     limit:int|None = None  # evaluate a seeded sample of N items only
     split_train:str|None = None  # a training split (for linear probes)
     text_field:str = 'text'  # the text a linear probe reads
@@ -172,13 +177,8 @@ class TaskSpec(Config):
             if not getattr(self, k): raise ConfigError("missing required field", k)
         if not self.choices: raise ConfigError("missing required field (a field name or a list)", 'choices')
         if self.lang not in LANGS: raise ConfigError(f"unknown language code {self.lang!r}; known: {', '.join(LANGS)}", 'lang')
-        if self.num_fewshot < 0: raise ConfigError(f"must be >= 0, got {self.num_fewshot}", 'num_fewshot')
         try: fields_in(self.template)
         except ValueError as e: raise ConfigError(f"bad template: {e}", 'template') from None
-
-def fields_in(template:str)->list[str]:
-    "The field names a format template uses."
-    return [f.split('.')[0].split('[')[0] for _, f, _, _ in string.Formatter().parse(template) if f]
 
 # %% ../nbs/70_eval.ipynb #06830f60
 def _tasks_dir()->Path:
@@ -202,7 +202,7 @@ def builtin_tasks(group:str|None=None)->list[str]:
     if group is None: return names
     return [n for n in names if load_spec(n).group == group]
 
-# %% ../nbs/70_eval.ipynb #ee1f4855
+# %% ../nbs/70_eval.ipynb #3b68700f
 @dataclass
 class Task:
     "A loaded task: its spec, prompts, choices, gold indices and few-shot prefix."
@@ -222,6 +222,7 @@ def _data_path(rel:str, data_dir)->Path:
     if d is None: raise ConfigError(f"task file {rel!r} is relative but no data directory is set", 'data_dir')
     return d/p
 
+# %% ../nbs/70_eval.ipynb #0752e621
 def _choices(spec, rec, where):
     if isinstance(spec.choices, str):
         if spec.choices not in rec: raise DataError(f"missing field {spec.choices!r} (choices)", where)
@@ -249,7 +250,7 @@ def _render(spec, rec, where):
     except KeyError as e: raise DataError(f"template references unknown field {e.args[0]!r}; item has {sorted(rec)}", where) from None
     except (IndexError, ValueError, AttributeError) as e: raise DataError(f"template cannot be filled: {e}", where) from None
 
-# %% ../nbs/70_eval.ipynb #d1f93c05
+# %% ../nbs/70_eval.ipynb #70bcfbd7
 def load_task(spec, # see `load_spec`
               data_dir=None, # data directory for relative paths (None: $COMPASS_DATA_DIR)
               limit:int|None=None, # a seeded sample of N items, in file order (overrides the spec's `limit`)
@@ -276,6 +277,7 @@ def load_task(spec, # see `load_spec`
     fs = _fewshot(spec, data_dir, k, {r.get('id') for r in items}, seed, sname) if k else ''
     return Task(spec, items, prompts, choices, gold, where, fs, k)
 
+# %% ../nbs/70_eval.ipynb #a0962747
 def _fewshot(spec, data_dir, k, exclude, seed, sname)->str:
     path = _data_path(spec.fewshot_path or spec.path, data_dir)
     recs = read_jsonl(path)
@@ -346,22 +348,29 @@ def lm_eval_task_yaml(spec, data_dir=None, limit:int|None=None)->dict:
              target_delimiter=sp.target_delimiter, metric_list=[dict(metric='acc'), dict(metric='acc_norm')])
     return d
 
-# %% ../nbs/70_eval.ipynb #6bb48ab5
+# %% ../nbs/70_eval.ipynb #85cd6f1a
+def _padded(chunk:list[list[int]], pre:int, max_len:int):
+    "Right-padded ids (cut to `max_len`), their attention mask, and the flat mask of real tokens after the prefix."
+    L = min(max(map(len, chunk)), max_len); chunk = [c[:L] for c in chunk]
+    x = torch.tensor([c + [pre] * (L - len(c)) for c in chunk])
+    am = torch.tensor([[1] * len(c) + [0] * (L - len(c)) for c in chunk])
+    return x, am, (am * (torch.arange(L) > 0)).reshape(-1).bool()
+
 @torch.no_grad()
-def mean_features(model, tok, texts:list[str], batch_size:int=16, max_len:int=256)->np.ndarray:
+def mean_features(model, tok, texts:list[str], batch_size:int=16,
+                  max_len:int=256, # tokens read per text, the prefix included
+                 )->np.ndarray:
     "Mean-pooled final hidden states (after the last norm) of each text, the prefix token excluded."
     dev, pre, feats = _dev(model), prefix_token_id(tok), []
-    ids = [[pre] + i[:max_len - 1] for i in tok(list(texts), add_special_tokens=False)['input_ids']]
+    ids = [[pre] + i for i in tok(list(texts), add_special_tokens=False)['input_ids']]
     for b in range(0, len(ids), batch_size):
-        chunk = ids[b:b + batch_size]; L = max(map(len, chunk))
-        x = torch.tensor([c + [pre] * (L - len(c)) for c in chunk])
-        m = torch.tensor([[0] + [1] * (len(c) - 1) + [0] * (L - len(c)) for c in chunk])
-        am = torch.tensor([[1] * len(c) + [0] * (L - len(c)) for c in chunk])
+        x, am, keep = _padded(ids[b:b + batch_size], pre, max_len)
         h = model(input_ids=x.to(dev), attention_mask=am.to(dev), output_hidden_states=True).hidden_states[-1].float().cpu()
-        m = m.unsqueeze(-1).float()
+        m = keep.view(len(x), -1, 1).float()
         feats.append(((h * m).sum(1) / m.sum(1).clamp(min=1)).numpy())
     return np.concatenate(feats)
 
+# %% ../nbs/70_eval.ipynb #aae19c6e
 def linear_probe(model, tok, spec, # a task spec with `split_train` (and `text_field`)
                  data_dir=None, n_train:int=2000, n_test:int=500, seed:int=0, batch_size:int=16,
                  max_len:int=256, # tokens read per text
@@ -383,48 +392,48 @@ def linear_probe(model, tok, spec, # a task spec with `split_train` (and `text_f
     return dict(task=sp.name, lang=sp.lang, probe_acc=acc, majority_acc=float(np.mean([y == major for y in yte])),
                 n_train=len(xtr), n_test=len(xte), classes=sorted(set(ytr)))
 
-# %% ../nbs/70_eval.ipynb #15112ede
+# %% ../nbs/70_eval.ipynb #56726d5d
 def _moe_modules(model):
     from compass_nbdev.moe import CompassMoE
     return [m for m in model.modules() if isinstance(m, CompassMoE)]
 
+def _routing_hook(i:int, # the MoE layer's index
+                  st:dict, # shared state: counts, norms, the current group `g` and mask `keep`
+                 ):
+    "A forward hook adding layer `i`'s expert counts and output norms for the current group's real tokens to `st`."
+    def f(mod, inp, out):
+        x = inp[0].reshape(-1, inp[0].shape[-1]); y, aux = out
+        keep, g = st['keep'], st['g']
+        st['counts'][i, g] += np.bincount(aux['ids'][keep].reshape(-1).cpu().numpy(), minlength=st['counts'].shape[-1])
+        sh = mod.shared(x) if mod.shared is not None else torch.zeros_like(x)
+        routed = y.reshape(-1, y.shape[-1]) - sh
+        st['norms'][i, g, 0] += float(sh[keep].float().norm(dim=-1).sum())
+        st['norms'][i, g, 1] += float(routed[keep].float().norm(dim=-1).sum())
+    return f
+
+# %% ../nbs/70_eval.ipynb #676f0e2e
 @torch.no_grad()
 def routing_counts(model, tok, groups:dict[str, list[str]], # group name (language, domain) -> texts
                    batch_size:int=16)->dict:
     "Per MoE layer and group: expert counts (groups × experts), and mean norms of shared and routed outputs."
     moes = _moe_modules(model)
     if not moes: raise ConfigError("the model has no MoE layers to analyse", 'model')
-    E, dev, pre = moes[0].E, _dev(model), prefix_token_id(tok)
-    counts = np.zeros((len(moes), len(groups), E)); norms = np.zeros((len(moes), len(groups), 2)); ntok = np.zeros(len(groups))
-    state = {}
-    def hook(i):
-        def f(mod, inp, out):
-            x = inp[0].reshape(-1, inp[0].shape[-1]); y, aux = out
-            keep = state['keep']
-            ids = aux['ids'][keep].reshape(-1).cpu()
-            counts[i, state['g']] += np.bincount(ids.numpy(), minlength=E)
-            sh = mod.shared(x) if mod.shared is not None else torch.zeros_like(x)
-            routed = y.reshape(-1, y.shape[-1]) - sh
-            norms[i, state['g'], 0] += float(sh[keep].float().norm(dim=-1).sum())
-            norms[i, state['g'], 1] += float(routed[keep].float().norm(dim=-1).sum())
-        return f
-    hs = [m.register_forward_hook(hook(i)) for i, m in enumerate(moes)]
+    dev, pre, ntok = _dev(model), prefix_token_id(tok), np.zeros(len(groups))
+    st = dict(counts=np.zeros((len(moes), len(groups), moes[0].E)), norms=np.zeros((len(moes), len(groups), 2)))
+    hs = [m.register_forward_hook(_routing_hook(i, st)) for i, m in enumerate(moes)]
     try:
-        for g, (name, tx) in enumerate(groups.items()):
+        for g, tx in enumerate(groups.values()):
             ids = [[pre] + i for i in tok(list(tx), add_special_tokens=False)['input_ids']]
             for b in range(0, len(ids), batch_size):
-                chunk = ids[b:b + batch_size]; L = min(max(map(len, chunk)), _max_len(model))
-                chunk = [c[:L] for c in chunk]
-                x = torch.tensor([c + [pre] * (L - len(c)) for c in chunk])
-                am = torch.tensor([[1] * len(c) + [0] * (L - len(c)) for c in chunk])
-                state.update(g=g, keep=(am.reshape(-1) * (torch.arange(L) > 0).repeat(len(chunk))).bool().to(dev))
-                ntok[g] += int(state['keep'].sum())
+                x, am, keep = _padded(ids[b:b + batch_size], pre, _max_len(model))
+                st.update(g=g, keep=keep.to(dev)); ntok[g] += int(keep.sum())
                 model(input_ids=x.to(dev), attention_mask=am.to(dev))
     finally:
         for h in hs: h.remove()
-    norms /= np.maximum(ntok, 1)[None, :, None]
-    return dict(groups=list(groups), counts=counts, tokens=ntok, shared_norm=norms[..., 0], routed_norm=norms[..., 1])
+    norms = st['norms'] / np.maximum(ntok, 1)[None, :, None]
+    return dict(groups=list(groups), counts=st['counts'], tokens=ntok, shared_norm=norms[..., 0], routed_norm=norms[..., 1])
 
+# %% ../nbs/70_eval.ipynb #a71c30ad
 def mutual_information(counts:np.ndarray, # (groups, experts) assignment counts of one layer
                       )->float:
     "I(group; expert) in bits from a contingency table."
@@ -583,7 +592,7 @@ def _json(p:Path):
     "The JSON in `p`, or None when the file is missing."
     return json.loads(p.read_text()) if p.is_file() else None
 
-# %% ../nbs/70_eval.ipynb #8fca0cb7
+# %% ../nbs/70_eval.ipynb #4cd05a66
 _NOT_RESULTS = ('tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json')
 
 def _data_md(run_dir:Path, dpi:int)->list[str]:
@@ -604,6 +613,7 @@ def _tokenizer_md(run_dir:Path, dpi:int)->list[str]:
         if p.with_suffix('.png').is_file(): md.append(f"![bytes per token]({p.with_suffix('.png').relative_to(run_dir).as_posix()})\n")
     return md
 
+# %% ../nbs/70_eval.ipynb #e7d2a252
 def _training_md(run_dir:Path, dpi:int)->list[str]:
     "Loss curves, expert load and the last logged loss, from `metrics.jsonl`."
     if not (run_dir/'metrics.jsonl').is_file(): return []
@@ -615,7 +625,7 @@ def _training_md(run_dir:Path, dpi:int)->list[str]:
     last = recs[-1]
     return md + [f"Last logged step {last.get('global_step')}: LM loss {last.get('lm_loss', float('nan')):.4f}\n"]
 
-# %% ../nbs/70_eval.ipynb #58d08267
+# %% ../nbs/70_eval.ipynb #18e493b2
 def _bpb_md(run_dir:Path, dpi:int)->list[str]:
     "Bits per byte per language: the mean, a table and a bar chart."
     if (bpb := _json(run_dir/'eval'/'bpb.json')) is None: return []
@@ -629,6 +639,7 @@ def _tasks_md(run_dir:Path, dpi:int)->list[str]:
     return ["\n## Tasks (multiple choice, log-likelihood)\n", md_table(tasks_table(tres)) + '\n',
             _fig_md(plot_tasks(tres), run_dir, 'report_tasks.png', 'tasks', dpi)]
 
+# %% ../nbs/70_eval.ipynb #4bb2a2bf
 def _probes_md(run_dir:Path, dpi:int)->list[str]:
     "Linear-probe accuracies against the majority class."
     if not (pres := _json(run_dir/'eval'/'probes.json')): return []
