@@ -15,7 +15,7 @@ import torch
 from .core import (Config, ConfigError, CompassError, DataError, LANGS, atomic_write, atomic_write_json,
                    atomic_write_text, check_lang, resolve_data_dir, get_logger)
 from .model import CompassConfig, CompassForCausalLM, model_stats, PRESETS as MODEL_PRESETS
-from .train import StageConfig, lr_at
+from .train import PhaseConfig, lr_at
 
 # %% auto #0
 __all__ = ['log', 'ROLES', 'IM_START', 'IM_END', 'THINK', 'END_THINK', 'MODES', 'SENTIMENT_TASKS', 'CHAT_HELP', 'chat_template',
@@ -266,8 +266,8 @@ class SFTConfig(Config):
         if not self.lr > 0: raise ConfigError(f"must be > 0, got {self.lr}", 'lr')
         if not 0 <= self.warmup_steps <= self.steps: raise ConfigError(f"must be between 0 and steps={self.steps}", 'warmup_steps')
 
-    def stage(self)->StageConfig:
-        return StageConfig(name='sft', steps=self.steps, seq_len=self.seq_len, lr=self.lr, warmup_steps=self.warmup_steps,
+    def stage(self)->PhaseConfig:
+        return PhaseConfig(name='sft', steps=self.steps, seq_len=self.seq_len, lr=self.lr, warmup_steps=self.warmup_steps,
                            schedule='cosine', min_lr_ratio=self.min_lr_ratio)
 
 # %% ../nbs/80_reasoning.ipynb #3712da98

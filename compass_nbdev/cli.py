@@ -14,7 +14,8 @@ import yaml
 from .core import Config, ConfigError, CompassError, atomic_write_text, load_config_file, resolve_data_dir, get_logger, SYNTHETIC, setting
 from .data import DataConfig, run_data_stage, load_clean
 from .tokenizer import TokenizerConfig, TOKENIZER_PRESETS, train_tokenizer, save_tokenizer, eval_lines, eval_tokenizer_stage
-from .train import TrainConfig, TRAIN_PRESETS, train_stage
+from .train import TrainConfig, TRAIN_PRESETS
+from . import train
 from .model import CompassConfig
 from . import evaluate
 from .evaluate import EvalConfig
@@ -22,8 +23,8 @@ from .chat import SFTConfig
 
 # %% auto #0
 __all__ = ['SEEDED', 'PRESETS', 'log', 'STAGES', 'AFTER_STAGES', 'COMMANDS', 'SFTRunConfig', 'RunConfig', 'check_model_overrides',
-           'parse_overrides', 'resolve_config', 'RunDir', 'data_stage', 'tokenizer_stage', 'train_run_stage',
-           'sft_stage', 'run_recipe', 'make_parser', 'chat_model_dir', 'main']
+           'parse_overrides', 'resolve_config', 'RunDir', 'data_stage', 'tokenizer_stage', 'sft_stage', 'run_recipe',
+           'make_parser', 'chat_model_dir', 'main']
 
 # %% ../nbs/90_cli.ipynb #307f16bf
 @dataclass
@@ -166,11 +167,6 @@ def tokenizer_stage(cfg:RunConfig, run:RunDir)->dict:
         eval_tokenizer_stage(run/'tokenizer', data_dir, run/'eval'/'tokenizer_eval.json', peers=[])
     return {k: tt.report[k] for k in ('vocab_size', 'train_s')}
 
-def train_run_stage(cfg:RunConfig, run:RunDir)->dict:
-    "Staged pretraining on the cleaned corpus with the run's tokenizer; resumes from the latest checkpoint."
-    out = train_stage(cfg.train, run.path, run/'tokenizer', data=run/'data'/'clean')
-    return {k: v for k,v in out.items() if not isinstance(v, (list, dict)) or k == 'val_bpb'}
-
 def sft_stage(cfg:RunConfig, run:RunDir)->dict:
     "Fine-tune the run's pretrained `model/` for fast and deep answers into `run/sft` (the reasoning notebook's recipe)."
     from compass_nbdev.chat import sentiment_items, synthetic_items, build_sft_examples, sft
@@ -186,7 +182,7 @@ def sft_stage(cfg:RunConfig, run:RunDir)->dict:
     return {k: v for k, v in out.items() if k != 'config'}
 
 # %% ../nbs/90_cli.ipynb #2f63aa5a
-STAGES = {'data': data_stage, 'tokenizer': tokenizer_stage, 'train': train_run_stage,
+STAGES = {'data': data_stage, 'tokenizer': tokenizer_stage, 'train': train.run,
           'eval': lambda cfg, run: evaluate.run(cfg.eval, run.path, cfg.data_dir)}  # `compass run` runs these in order
 AFTER_STAGES = {'report': lambda cfg, run: {'report': str(evaluate.report(run.path))},
                 'sft': sft_stage}  # run only when named: `compass report`, `compass sft`
