@@ -20,7 +20,7 @@ def test_config_prints_resolved_yaml():
     (['data', '--data-dir', '/no/such/dir'], "data_dir: data directory '/no/such/dir' does not exist"),
     (['config', '--set', 'data=5'], 'data: expected a mapping, got 5'),                       # #23: was a TypeError traceback
     (['run', '--preset', 'tiny', '--data-dir', 'synthetic', '--set', 'train.seed=-5'], 'train.seed: must be >= 0, got -5'),
-    (['config', '--set', 'train.stages=[5]'], 'expected a mapping, got 5'),   # old key of train.phases: read as phases
+    (['config', '--set', 'train.phases=[5]'], 'train.phases[0]: expected a mapping, got 5'),
     (['config', '--set', 'data=5', '--set', 'data.seed=1'], "'data' is already set to 5"),
     (['config', '--set', 'seed=-1'], 'seed: must be >= 0, got -1'),
     (['config', '--preset', 'tiny', '--set', 'train.model_overrides.n_experts=4'],              # #23: a typo was ignored
