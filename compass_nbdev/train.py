@@ -678,6 +678,22 @@ def _optim_by_index(osd:dict, names:list[str])->dict:
     return {'state': {idx[n]: v for n, v in osd['state'].items()},
             'param_groups': [{**g, 'params': [idx[n] for n in g['params']]} for g in osd['param_groups']]}
 
+# %% ../nbs/60_train.ipynb #42a01f25
+def _publish(tmp:Path, step:int, keep_last:int|None, done):
+    "fsync the files of `tmp`, write the manifest last, rename `tmp` to `step_N` (moving an old one aside), prune old ones."
+    root, final = tmp.parent, tmp.parent/f'step_{step}'
+    files = sorted(p for p in tmp.iterdir() if p.is_file())
+    for p in files: _fsync(p)
+    man = {p.name: {'bytes': p.stat().st_size, 'sha256': _sha256(p)} for p in files}
+    (tmp/'manifest.json').write_text(json.dumps({'step': step, 'files': man}, indent=1)); _fsync(tmp/'manifest.json')
+    done(tmp/'manifest.json')
+    old = root/f'.old-step_{step}'
+    if final.exists(): shutil.rmtree(old, ignore_errors=True); os.rename(final, old)
+    os.rename(tmp, final); _fsync(root)
+    shutil.rmtree(old, ignore_errors=True)
+    if keep_last:
+        for _, p in list_checkpoints(root)[:-keep_last]: shutil.rmtree(p, ignore_errors=True)
+
 # %% ../nbs/60_train.ipynb #42a01f26
 def save_checkpoint(ckpt_dir:str|Path, # e.g. run_dir/'checkpoints'
                     step:int, # global step (names the folder)
@@ -711,17 +727,7 @@ def save_checkpoint(ckpt_dir:str|Path, # e.g. run_dir/'checkpoints'
         (tmp/'state.json').write_text(json.dumps(state, indent=2)); done(tmp/'state.json')
         if config is not None: (tmp/'train_config.yaml').write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
         model.config.to_json_file(tmp/'config.json')
-        files = sorted(p for p in tmp.iterdir() if p.is_file())
-        for p in files: _fsync(p)
-        man = {p.name: {'bytes': p.stat().st_size, 'sha256': _sha256(p)} for p in files}
-        (tmp/'manifest.json').write_text(json.dumps({'step': step, 'files': man}, indent=1)); _fsync(tmp/'manifest.json')
-        done(tmp/'manifest.json')
-        old = root/f'.old-step_{step}'
-        if final.exists(): shutil.rmtree(old, ignore_errors=True); os.rename(final, old)
-        os.rename(tmp, final); _fsync(root)
-        shutil.rmtree(old, ignore_errors=True)
-        if keep_last:
-            for _, p in list_checkpoints(root)[:-keep_last]: shutil.rmtree(p, ignore_errors=True)
+        _publish(tmp, step, keep_last, done)
     wait()
     return final
 
