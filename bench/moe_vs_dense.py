@@ -63,7 +63,7 @@ def main(argv=None):
     import os, torch
     from compass_nbdev.data import load_corpus
     from compass_nbdev.tokenizer import train_bpe, to_hf
-    from compass_nbdev.train import train_config, train_stage, TRAIN_PRESETS, _read_metrics
+    from compass_nbdev.train import train_config, run as train_run, TRAIN_PRESETS, _read_metrics
     from compass_nbdev.evaluate import bits_per_byte, load_model
     from compass_nbdev.model import CompassConfig, model_stats
     moe_ov, train_ov = json.loads(a.moe_overrides), json.loads(a.train_overrides)
@@ -81,14 +81,14 @@ def main(argv=None):
     print(f"[data] {len(docs)} docs, tokenizer {len(tok)} ({time.time() - t0:.0f}s)", file=sys.stderr)
     base = {**TRAIN_PRESETS[a.preset], **{k: v for k, v in train_ov.items() if k not in ('stage_steps', 'stage_lr')}}
     if 'stage_steps' in train_ov:
-        if len(train_ov['stage_steps']) != len(base['stages']): sys.exit(f"stage_steps needs {len(base['stages'])} numbers")
-        base['stages'] = [{**s, 'steps': n} for s, n in zip(base['stages'], train_ov['stage_steps'])]
+        if len(train_ov['stage_steps']) != len(base['phases']): sys.exit(f"stage_steps needs {len(base['phases'])} numbers")
+        base['phases'] = [{**s, 'steps': n} for s, n in zip(base['phases'], train_ov['stage_steps'])]
     if 'stage_lr' in train_ov:
-        if len(train_ov['stage_lr']) != len(base['stages']): sys.exit(f"stage_lr needs {len(base['stages'])} numbers")
-        base['stages'] = [{**s, 'lr': lr} for s, lr in zip(base['stages'], train_ov['stage_lr'])]
+        if len(train_ov['stage_lr']) != len(base['phases']): sys.exit(f"stage_lr needs {len(base['phases'])} numbers")
+        base['phases'] = [{**s, 'lr': lr} for s, lr in zip(base['phases'], train_ov['stage_lr'])]
     def scaled(lr_mult):
         out = []
-        for s in base['stages']:
+        for s in base['phases']:
             n = max(1, round(s['steps'] * a.steps_scale))
             out.append({**s, 'steps': n, 'warmup_steps': min(s['warmup_steps'], n), 'lr': s['lr'] * lr_mult})
         return out
@@ -99,12 +99,12 @@ def main(argv=None):
     if a.only != 'both': plan = {k: v for k, v in plan.items() if k == (moe if a.only == 'moe' else dense)}
     res, curves = {}, {}
     for name, (ov, lrm) in plan.items():
-        train_ov_m = {k: v for k, v in train_ov.items() if k not in ('stages', 'stage_steps', 'stage_lr')}
-        cfg = train_config(a.preset, model=name, model_overrides=ov, stages=scaled(lrm), save_every=10**6, **train_ov_m)
-        mc = cfg.model_config(len(tok)); st = model_stats(mc, seq_len=cfg.stages[0].seq_len)
+        train_ov_m = {k: v for k, v in train_ov.items() if k not in ('stages', 'phases', 'stage_steps', 'stage_lr')}
+        cfg = train_config(a.preset, model=name, model_overrides=ov, phases=scaled(lrm), save_every=10**6, **train_ov_m)
+        mc = cfg.model_config(len(tok)); st = model_stats(mc, seq_len=cfg.phases[0].seq_len)
         print(f"[{name}] total {st['total']/1e6:.3f}M active {st['active']/1e6:.3f}M params", file=sys.stderr)
         t1 = time.time()
-        summ = train_stage(cfg, out/name, tok, data=docs, resume=False)
+        summ = train_run(cfg, out/name, tok, data=docs, resume=False)
         model, mtok = load_model(out/name/'model')
         bpb = bits_per_byte(model, mtok, a.data_dir, limit=a.ntrex, n_boot=500)
         curves[name] = [(r['global_step'], r['lm_loss']) for r in _read_metrics(out/name/'metrics.jsonl') if 'lm_loss' in r]

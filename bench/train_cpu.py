@@ -1,7 +1,7 @@
-"""Training throughput of the `laptop` preset on CPU: the MoE model and its dense counterpart, through `train_stage`.
+"""Training throughput of the `laptop` preset on CPU: the MoE model and its dense counterpart, through `train.run`.
 
 Each model trains in its own subprocess (so each peak RSS is its own) for `--steps` optimizer steps of the laptop
-recipe's first stage (micro-batch 8 × seq 128, 2 CPU threads by default), on the embedded synthetic corpus with a
+recipe's first phase (micro-batch 8 × seq 128, 2 CPU threads by default), on the embedded synthetic corpus with a
 throwaway byte-level BPE; the model vocabulary is padded to the laptop tokenizer's 16384 tokens so the output layer
 costs what it will in `compass run`. tokens/s is taken from metrics.jsonl after the first logged interval (warm-up).
 Ends by printing `train_cpu moe_tokens_per_s=<x> dense_tokens_per_s=<x> peak_mb=<x>` (peak_mb: the MoE run's peak RSS).
@@ -17,7 +17,7 @@ def one(preset:str, steps:int, vocab:int, out:Path):
     from tokenizers import Tokenizer, models, trainers, pre_tokenizers, decoders
     from transformers import PreTrainedTokenizerFast
     from compass_nbdev.synthetic import synthetic_corpus
-    from compass_nbdev.train import train_config, train_stage, _read_metrics
+    from compass_nbdev.train import train_config, run as train_run, _read_metrics
     data = synthetic_corpus(150, ['en', 'id', 'ms', 'th', 'vi', 'tl', 'zh'], seed=0)
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False); tok.decoder = decoders.ByteLevel()
@@ -25,10 +25,10 @@ def one(preset:str, steps:int, vocab:int, out:Path):
                                                                          initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
     tok = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token='<|bos|>', eos_token='<|eos|>', pad_token='<|pad|>')
     lap = train_config('laptop')
-    st = {**lap.stages[0].to_dict(), 'steps': steps, 'warmup_steps': 2}
-    cfg = train_config('laptop', model=preset, model_overrides={'vocab_size': vocab}, stages=[st], log_every=2, save_every=10**6)
+    st = {**lap.phases[0].to_dict(), 'steps': steps, 'warmup_steps': 2}
+    cfg = train_config('laptop', model=preset, model_overrides={'vocab_size': vocab}, phases=[st], log_every=2, save_every=10**6)
     c0 = time.process_time()
-    s = train_stage(cfg, out, tok, data, plots=False)
+    s = train_run(cfg, out, tok, data, plots=False)
     cpu = time.process_time() - c0                                     # CPU seconds of all threads (load-independent-ish)
     recs = _read_metrics(out/'metrics.jsonl')[1:]                      # drop the warm-up interval
     toks = sum(r['tokens'] - p['tokens'] for p, r in zip(_read_metrics(out/'metrics.jsonl'), recs))

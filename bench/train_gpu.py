@@ -1,6 +1,6 @@
-"""Training throughput and MFU of the `gpu-small` preset on one GPU, through `train_stage` (issue 6).
+"""Training throughput and MFU of the `gpu-small` preset on one GPU, through `train.run` (issue 6).
 
-Runs `--steps` optimizer steps of gpu-small's first stage (micro-batch 32 x 1024 tokens x 4 accumulation steps, bf16
+Runs `--steps` optimizer steps of gpu-small's first phase (micro-batch 32 x 1024 tokens x 4 accumulation steps, bf16
 autocast, fused AdamW, the Triton experts that `moe_impl='auto'` picks on CUDA) on the embedded synthetic corpus with a
 throwaway byte-level BPE (the model's vocabulary is padded to the preset's 32768, so the output layer costs what it
 will). Medians over the steps after `--warmup`. MFU = model_stats' train FLOPs/token x tokens/s / peak dense bf16

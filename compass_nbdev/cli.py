@@ -14,15 +14,16 @@ import yaml
 from .core import Config, ConfigError, CompassError, atomic_write_text, load_config_file, resolve_data_dir, get_logger, SYNTHETIC
 from .data import DataConfig, run_data_stage, load_clean
 from .tokenizer import TokenizerConfig, TOKENIZER_PRESETS, train_tokenizer, save_tokenizer, eval_lines, eval_tokenizer_stage
-from .train import TrainConfig, TRAIN_PRESETS, train_stage
+from .train import TrainConfig, TRAIN_PRESETS
+from . import train
 from .evaluate import eval_stage, report_stage
 from .sft import SFTConfig
 from . import sft
 
 # %% auto #0
 __all__ = ['PRESETS', 'log', 'STAGES', 'AFTER_STAGES', 'EvalConfig', 'RunConfig', 'parse_overrides', 'resolve_config', 'RunDir',
-           'data_stage', 'tokenizer_stage', 'train_run_stage', 'eval_run_stage', 'report_run_stage', 'run_recipe',
-           'make_parser', 'chat_model_dir', 'main']
+           'data_stage', 'tokenizer_stage', 'eval_run_stage', 'report_run_stage', 'run_recipe', 'make_parser',
+           'chat_model_dir', 'main']
 
 # %% ../nbs/90_cli.ipynb #8734c2d6
 @dataclass
@@ -138,11 +139,6 @@ def tokenizer_stage(cfg:RunConfig, run:RunDir)->dict:
         eval_tokenizer_stage(run/'tokenizer', data_dir, run/'eval'/'tokenizer_eval.json', peers=[])
     return {k: tt.report[k] for k in ('vocab_size', 'train_s')}
 
-def train_run_stage(cfg:RunConfig, run:RunDir)->dict:
-    "Staged pretraining on the cleaned corpus with the run's tokenizer; resumes from the latest checkpoint."
-    out = train_stage(cfg.train, run.path, run/'tokenizer', data=run/'data'/'clean')
-    return {k: v for k,v in out.items() if not isinstance(v, (list, dict)) or k == 'val_bpb'}
-
 def eval_run_stage(cfg:RunConfig, run:RunDir)->dict:
     "Evaluate the run's model into `run/eval/*.json` (needs a data directory with eval/; skipped without one)."
     data_dir = resolve_data_dir(cfg.data_dir)
@@ -158,7 +154,7 @@ def report_run_stage(cfg:RunConfig, run:RunDir)->dict:
     "Write the run's report card, `run/report.md` with its plots."
     return {'report': str(report_stage(run.path))}
 
-STAGES = {'data': data_stage, 'tokenizer': tokenizer_stage, 'train': train_run_stage,
+STAGES = {'data': data_stage, 'tokenizer': tokenizer_stage, 'train': train.run,
           'eval': eval_run_stage, 'report': report_run_stage}  # `compass run` runs these in order
 AFTER_STAGES = {'sft': sft.run}  # run only when named: `compass sft`
 

@@ -14,7 +14,7 @@ import torch
 from .core import (Config, ConfigError, CompassError, DataError, LANGS, setting, atomic_dir, atomic_write_json,
                                 resolve_data_dir, get_logger)
 from .model import CompassForCausalLM
-from .train import StageConfig, lr_at
+from .train import PhaseConfig, lr_at
 
 # %% auto #0
 __all__ = ['log', 'ROLES', 'IM_START', 'IM_END', 'THINK', 'END_THINK', 'MODES', 'SENTIMENT_TASKS', 'chat_template',
@@ -296,9 +296,9 @@ class SFTConfig(Config):
     def validate(self):
         if self.warmup_steps > self.steps: raise ConfigError(f"must be between 0 and steps={self.steps}", 'warmup_steps')
 
-    def phase(self)->StageConfig:
+    def phase(self)->PhaseConfig:
         "The learning-rate schedule of the run, as one training phase (warmup + cosine)."
-        return StageConfig(name='sft', steps=self.steps, seq_len=self.seq_len, lr=self.lr, warmup_steps=self.warmup_steps,
+        return PhaseConfig(name='sft', steps=self.steps, seq_len=self.seq_len, lr=self.lr, warmup_steps=self.warmup_steps,
                            schedule='cosine', min_lr_ratio=self.min_lr_ratio)
 
 # %% ../nbs/80_sft.ipynb #d2652f77

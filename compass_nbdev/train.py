@@ -1,4 +1,4 @@
-"""Staged pretraining with accelerate: packed multilingual blocks, a three-stage recipe, metrics and plots, and checkpoints that survive crashes, kills and Ctrl-C.
+"""Pretraining in phases with accelerate: packed multilingual blocks, a three-phase recipe, metrics and plots, and checkpoints that survive crashes, kills and Ctrl-C.
 
 Docs: https://compass-nbdev.github.io/compass_nbdev/train.html.md"""
 
@@ -16,18 +16,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import yaml
-from .core import (Config, ConfigError, CompassError, DataError, SYNTHETIC, LANGS, atomic_write, atomic_write_json,
+from .core import (Config, ConfigError, setting, resolve_data_dir, CompassError, DataError, SYNTHETIC, LANGS, atomic_write, atomic_write_json,
                    atomic_write_text, check_lang, get_logger)
 from .model import CompassConfig, CompassForCausalLM, model_stats, PRESETS as MODEL_PRESETS
 from .balance import load_stats
 
 # %% auto #0
-__all__ = ['log', 'SCHEDULES', 'TRAIN_PRESETS', 'PEAK_BF16_FLOPS', 'StageConfig', 'TrainConfig', 'train_config',
-           'load_train_config', 'lr_at', 'load_docs', 'split_heldout', 'PackedData', 'val_sums', 'val_bpb',
-           'CheckpointError', 'list_checkpoints', 'is_sharded', 'save_checkpoint', 'verify_checkpoint',
-           'load_checkpoint', 'expert_load_metrics', 'peak_flops', 'mfu', 'TrainingDiverged', 'load_tokenizer',
-           'make_accelerator', 'build_model', 'fsdp_plugin', 'fsdp_wrap', 'distributed_mode', 'divergence_report',
-           'train_stage', 'measure_throughput', 'plot_metrics', 'plot_expert_load']
+__all__ = ['log', 'SCHEDULES', 'TRAIN_PRESETS', 'PEAK_BF16_FLOPS', 'PhaseConfig', 'TrainConfig', 'train_config',
+           'load_train_config', 'lr_at', 'load_docs', 'split_heldout', 'PackedData', 'nll_windows', 'nll_sums',
+           'val_sums', 'val_bpb', 'CheckpointError', 'list_checkpoints', 'is_sharded', 'save_checkpoint',
+           'verify_checkpoint', 'load_checkpoint', 'expert_load_metrics', 'peak_flops', 'mfu', 'TrainingDiverged',
+           'load_tokenizer', 'make_accelerator', 'build_model', 'fsdp_plugin', 'fsdp_wrap', 'distributed_mode',
+           'divergence_report', 'run', 'measure_throughput', 'plot_metrics', 'plot_expert_load']
 
 # %% ../nbs/60_train.ipynb #f7e2b1fd
 log = get_logger('train')
@@ -36,94 +36,78 @@ log = get_logger('train')
 SCHEDULES = ('cosine', 'linear', 'constant')
 
 @dataclass
-class StageConfig(Config):
-    "One stage of the recipe: length, context, learning-rate schedule, data mix and RoPE base."
+class PhaseConfig(Config):
+    "One phase of the recipe: length, context, learning-rate schedule, data mix and RoPE base."
     name:str = 'pretrain'  # shown in logs, metrics and plots
-    steps:int = 100  # optimizer steps in this stage
-    seq_len:int = 128  # tokens per packed block
-    lr:float = 3e-3  # peak learning rate
-    warmup_steps:int = 10  # linear (re-)warmup from 0 at the start of the stage
-    schedule:str = field(default='cosine', metadata={'choices': SCHEDULES})  # decay after warmup
-    min_lr_ratio:float = 0.1  # final lr as a fraction of `lr`
-    mix:dict[str, float] = field(default_factory=dict)  # language -> multiplier on its natural token share
-    domain_mix:dict[str, float] = field(default_factory=dict)  # domain -> multiplier (e.g. {'ecommerce': 2})
-    rope_theta:float|None = None  # set the model's RoPE base from this stage on (None: keep)
+    steps:int = setting(100, ge=1)  # optimizer steps in this phase
+    seq_len:int = setting(128, ge=8)  # tokens per packed block
+    lr:float = setting(3e-3, gt=0)  # peak learning rate
+    warmup_steps:int = setting(10, ge=0)  # linear (re-)warmup from 0 at the start of the phase (at most `steps`)
+    schedule:str = setting('cosine', choices=SCHEDULES)  # decay after warmup
+    min_lr_ratio:float = setting(0.1, ge=0, le=1)  # final lr as a fraction of `lr`
+    mix:dict[str, float] = setting(factory=dict, ge=0)  # language -> multiplier on its natural token share
+    domain_mix:dict[str, float] = setting(factory=dict, ge=0)  # domain -> multiplier (e.g. {'ecommerce': 2})
+    rope_theta:float|None = setting(None, gt=0)  # set the model's RoPE base from this phase on (None: keep)
 
     def validate(self):
-        for k in ('steps', 'seq_len'):
-            if getattr(self, k) < 1: raise ConfigError(f"must be >= 1, got {getattr(self, k)}", k)
-        if self.seq_len < 8: raise ConfigError(f"must be >= 8, got {self.seq_len}", 'seq_len')
-        if not self.lr > 0: raise ConfigError(f"must be > 0, got {self.lr}", 'lr')
-        if not 0 <= self.warmup_steps <= self.steps:
+        if self.warmup_steps > self.steps:
             raise ConfigError(f"must be between 0 and steps={self.steps}, got {self.warmup_steps}", 'warmup_steps')
-        if not 0 <= self.min_lr_ratio <= 1: raise ConfigError(f"must be between 0 and 1, got {self.min_lr_ratio}", 'min_lr_ratio')
-        for k, v in self.mix.items():
+        for k in self.mix:
             if k not in LANGS: raise ConfigError(f"unknown language code {k!r}; known: {', '.join(LANGS)}", f'mix.{k}')
-            if v < 0: raise ConfigError(f"must be >= 0, got {v}", f'mix.{k}')
-        for k, v in self.domain_mix.items():
-            if v < 0: raise ConfigError(f"must be >= 0, got {v}", f'domain_mix.{k}')
-        if self.rope_theta is not None and not self.rope_theta > 0:
-            raise ConfigError(f"must be > 0 or null, got {self.rope_theta}", 'rope_theta')
 
 # %% ../nbs/60_train.ipynb #826e5d9e
 @dataclass
 class TrainConfig(Config):
-    "Training settings shared by all stages, and the stages."
+    "Training settings shared by all phases, and the phases."
     model:str = 'tiny'  # a model preset from `compass_nbdev.model.PRESETS`
     model_overrides:dict = field(default_factory=dict)  # `CompassConfig` fields to change
-    stages:list[StageConfig] = field(default_factory=lambda: [StageConfig()])  # run in order
-    micro_batch_size:int = 8  # blocks per process per micro-step
-    grad_accum:int = 1  # micro-steps per optimizer step
-    weight_decay:float = 0.1  # AdamW decay (matrices only; norms and embeddings are not decayed)
-    beta1:float = 0.9
-    beta2:float = 0.95
-    grad_clip:float = 1.0  # max global grad norm; 0 = no clipping
+    phases:list[PhaseConfig] = field(default_factory=lambda: [PhaseConfig()])  # run in order
+    micro_batch_size:int = setting(8, ge=1)  # blocks per process per micro-step
+    grad_accum:int = setting(1, ge=1)  # micro-steps per optimizer step
+    weight_decay:float = setting(0.1, ge=0)  # AdamW decay (matrices only; norms and embeddings are not decayed)
+    beta1:float = setting(0.9, ge=0, lt=1)  # AdamW betas
+    beta2:float = setting(0.95, ge=0, lt=1)
+    grad_clip:float = setting(1.0, ge=0)  # max global grad norm; 0 = no clipping
     seed:int = 0  # model init, data order, held-out split
-    val_fraction:float = 0.05  # held-out share of documents per language
-    val_max_docs:int = 32  # at most this many held-out documents per language
-    log_every:int = 10  # steps between metric lines
-    eval_every:int = 0  # steps between validation bits-per-byte (0: at the end of each stage only)
-    save_every:int = 50  # steps between checkpoints (and at the end of each stage)
-    keep_last:int = 3  # checkpoints kept
-    mixed_precision:str = field(default='auto', metadata={'choices': ('auto', 'no', 'bf16')})  # auto: bf16 on GPU
+    val_fraction:float = setting(0.05, gt=0, lt=1)  # held-out share of documents per language
+    val_max_docs:int = setting(32, ge=1)  # at most this many held-out documents per language
+    log_every:int = setting(10, ge=1)  # steps between metric lines
+    eval_every:int = setting(0, ge=0)  # steps between validation bits-per-byte (0: at the end of each phase only)
+    save_every:int = setting(50, ge=1)  # steps between checkpoints (and at the end of each phase)
+    keep_last:int = setting(3, ge=1)  # checkpoints kept
+    mixed_precision:str = setting('auto', choices=('auto', 'no', 'bf16'))  # auto: bf16 on GPU
     cpu:bool = False  # force the CPU even when a GPU is present
-    distributed:str = field(default='auto', metadata={'choices': ('auto', 'ddp', 'fsdp')})  # several processes: DDP, or FSDP2 sharding; auto: as accelerate is configured
+    distributed:str = setting('auto', choices=('auto', 'ddp', 'fsdp'))  # several processes: DDP, or FSDP2 sharding; auto: as accelerate is configured
     tensorboard:bool = False  # also log to TensorBoard (run_dir/tensorboard)
 
     @classmethod
     def from_dict(cls, d:dict|None=None, where:str=''):
-        "Build and validate, stages included; errors name the key (`stages[1].lr`)."
+        "Build and validate, phases included; errors name the key (`phases[1].lr`)."
         pre = f"{where}." if where else ""
         if d is not None and not isinstance(d, dict): raise ConfigError(f"expected a mapping, got {type(d).__name__}", where or None)
         d = dict(d or {})
-        if 'stages' in d:
-            st = d['stages']
-            if not isinstance(st, (list, tuple)) or not st: raise ConfigError("must be a non-empty list of stages", f"{pre}stages")
-            d['stages'] = [s if isinstance(s, StageConfig) else StageConfig.from_dict(s, f"{pre}stages[{i}]") for i, s in enumerate(st)]
+        if 'stages' in d:                                   # the name before phases: old files still load
+            if 'phases' in d: raise ConfigError("give phases only (stages is its old name)", f"{pre}stages")
+            d['phases'] = d.pop('stages')
+        if 'phases' in d and (not isinstance(d['phases'], (list, tuple)) or not d['phases']):
+            raise ConfigError("must be a non-empty list of phases", f"{pre}phases")
         return super().from_dict(d, where)
 
     def validate(self):
-        for k in ('micro_batch_size', 'grad_accum', 'log_every', 'save_every', 'keep_last', 'val_max_docs'):
-            if getattr(self, k) < 1: raise ConfigError(f"must be >= 1, got {getattr(self, k)}", k)
-        for k in ('eval_every', 'weight_decay', 'grad_clip'):
-            if getattr(self, k) < 0: raise ConfigError(f"must be >= 0, got {getattr(self, k)}", k)
-        for k in ('beta1', 'beta2'):
-            if not 0 <= getattr(self, k) < 1: raise ConfigError(f"must be in [0, 1), got {getattr(self, k)}", k)
-        if not 0 < self.val_fraction < 1: raise ConfigError(f"must be between 0 and 1, got {self.val_fraction}", 'val_fraction')
         if self.tensorboard and not any(importlib.util.find_spec(m) for m in ('tensorboard', 'tensorboardX')):
             raise ConfigError("needs the tensorboard package (pip install tensorboard)", 'tensorboard')
-        names = [s.name for s in self.stages]
+        names = [s.name for s in self.phases]
         for i, n in enumerate(names):
-            if n in names[:i]: raise ConfigError(f"duplicate stage name {n!r}", f'stages[{i}].name')
+            if n in names[:i]: raise ConfigError(f"duplicate phase name {n!r}", f'phases[{i}].name')
         try: self.model_config()
         except ConfigError as e: raise ConfigError(e.msg, 'model' if e.where == 'preset' else f'model_overrides.{e.where}') from None
         except TypeError as e: raise ConfigError(str(e), 'model_overrides') from None
 
     def model_config(self, vocab_size:int|None=None)->CompassConfig:
-        "The model's config: preset + overrides, with room for the longest stage and `vocab_size` tokens."
+        "The model's config: preset + overrides, with room for the longest phase and `vocab_size` tokens."
         kw = dict(self.model_overrides)
         base = {**MODEL_PRESETS.get(self.model, {}), **kw}
-        kw['max_position_embeddings'] = max(base.get('max_position_embeddings', 2048), max(s.seq_len for s in self.stages) + 1)
+        kw['max_position_embeddings'] = max(base.get('max_position_embeddings', 2048), max(s.seq_len for s in self.phases) + 1)
         if vocab_size is not None: kw['vocab_size'] = vocab_size
         return CompassConfig.from_preset(self.model, **kw)
 
@@ -139,13 +123,13 @@ def _recipe(steps:tuple, seq:int, lr:float, warm:int, theta:float)->list[dict]:
                  schedule='cosine', min_lr_ratio=0.1, rope_theta=theta)]
 
 TRAIN_PRESETS:dict = {
-    'tiny': dict(model='tiny', micro_batch_size=4, stages=_recipe((16, 6, 4), 64, 3e-3, 4, 4e4),
+    'tiny': dict(model='tiny', micro_batch_size=4, phases=_recipe((16, 6, 4), 64, 3e-3, 4, 4e4),
                  log_every=4, save_every=8, eval_every=0, val_max_docs=8),
-    'laptop': dict(model='laptop', micro_batch_size=8, stages=_recipe((300, 60, 30), 128, 6e-3, 12, 5e4),  # 430k tokens
+    'laptop': dict(model='laptop', micro_batch_size=8, phases=_recipe((300, 60, 30), 128, 6e-3, 12, 5e4),  # 430k tokens
                    log_every=5, save_every=50, eval_every=0, val_max_docs=24),
-    'gpu-small': dict(model='gpu-small', micro_batch_size=32, grad_accum=4, stages=_recipe((20000, 2000, 500), 1024, 1e-3, 1000, 5e6),
+    'gpu-small': dict(model='gpu-small', micro_batch_size=32, grad_accum=4, phases=_recipe((20000, 2000, 500), 1024, 1e-3, 1000, 5e6),
                       log_every=20, save_every=1000, eval_every=1000, val_max_docs=200, keep_last=3),
-    'compass-v2': dict(model='compass-v2', micro_batch_size=4, grad_accum=64, stages=_recipe((100000, 10000, 2000), 4096, 3e-4, 2000, 1e7),
+    'compass-v2': dict(model='compass-v2', micro_batch_size=4, grad_accum=64, phases=_recipe((100000, 10000, 2000), 4096, 3e-4, 2000, 1e7),
                        log_every=10, save_every=1000, eval_every=1000, val_max_docs=500, keep_last=3),   # for reference; not run here
 }
 
@@ -173,16 +157,16 @@ def load_train_config(source:str|Path|dict|None=None, # a preset name, a YAML/TO
     return TrainConfig.from_dict({**TRAIN_PRESETS[name], **d, **(overrides or {})})
 
 # %% ../nbs/60_train.ipynb #bc9b9554
-def lr_at(stage:StageConfig, # the current stage
-          step:int, # optimizer step within the stage, from 0
+def lr_at(phase:PhaseConfig, # the current phase
+          step:int, # optimizer step within the phase, from 0
          )->float:
-    "Learning rate at `step` of `stage`: linear warmup, then cosine/linear decay or constant."
-    if step < stage.warmup_steps: return stage.lr * (step + 1) / stage.warmup_steps
-    if stage.schedule == 'constant': return stage.lr
-    t = (step - stage.warmup_steps) / max(1, stage.steps - stage.warmup_steps)
-    lo = stage.min_lr_ratio
-    f = lo + (1 - lo) * 0.5 * (1 + math.cos(math.pi * t)) if stage.schedule == 'cosine' else 1 - (1 - lo) * t
-    return stage.lr * f
+    "Learning rate at `step` of `phase`: linear warmup, then cosine/linear decay or constant."
+    if step < phase.warmup_steps: return phase.lr * (step + 1) / phase.warmup_steps
+    if phase.schedule == 'constant': return phase.lr
+    t = (step - phase.warmup_steps) / max(1, phase.steps - phase.warmup_steps)
+    lo = phase.min_lr_ratio
+    f = lo + (1 - lo) * 0.5 * (1 + math.cos(math.pi * t)) if phase.schedule == 'cosine' else 1 - (1 - lo) * t
+    return phase.lr * f
 
 # %% ../nbs/60_train.ipynb #17532f04
 def load_docs(data=None, # None/'synthetic', a cleaned-data folder (…/data or …/data/clean), a data dir, a Dataset, or records
@@ -198,9 +182,10 @@ def load_docs(data=None, # None/'synthetic', a cleaned-data folder (…/data or 
         if files:
             from compass_nbdev.data import read_jsonl
             data, src = [r for f in files for r in read_jsonl(f)], str(p)
-        else:
+        else:                                  # a data dir (core's one resolver: the option, else $COMPASS_DATA_DIR)
             from compass_nbdev.data import load_corpus
-            data, src = load_corpus(data), str(data or 'corpus')
+            d = resolve_data_dir(data)
+            data, src = load_corpus(SYNTHETIC if d is None else d), str(d or SYNTHETIC)
     docs = data.to_list() if hasattr(data, 'to_list') else list(data)
     for i, d in enumerate(docs):
         if not isinstance(d, dict) or not isinstance(d.get('text'), str): raise DataError("record needs a string 'text'", f'{src}[{i}]')
@@ -244,24 +229,24 @@ class PackedData:
             self.streams.append(np.fromiter(chain.from_iterable(x + [eos] for x in ids), dtype=np.int64))
         self.n_tokens = np.array([len(s) for s in self.streams])
 
-    def weights(self, stage:StageConfig)->np.ndarray:
-        "Sampling probability of each cell in `stage`: token share × language and domain multipliers."
-        w = self.n_tokens * np.array([stage.mix.get(l, 1.0) * stage.domain_mix.get(d, 1.0) for l, d in self.cells])
-        if not w.sum() > 0: raise ConfigError("the mix gives every language/domain of the data weight 0", f'stages.{stage.name}.mix')
+    def weights(self, phase:PhaseConfig)->np.ndarray:
+        "Sampling probability of each cell in `phase`: token share × language and domain multipliers."
+        w = self.n_tokens * np.array([phase.mix.get(l, 1.0) * phase.domain_mix.get(d, 1.0) for l, d in self.cells])
+        if not w.sum() > 0: raise ConfigError("the mix gives every language/domain of the data weight 0", f'phases.{phase.name}.mix')
         return w / w.sum()
 
-    def plan(self, stage:StageConfig, # the stage
+    def plan(self, phase:PhaseConfig, # the phase
              n_blocks:int, # blocks to plan (steps × global batch)
              seed:int, # run seed
-             stage_idx:int=0, # stage number (another plan per stage)
+             phase_idx:int=0, # phase number (another plan per phase)
             )->np.ndarray:
         "(n_blocks, 2) array of (cell, block index): which block fills each position."
-        rng = np.random.default_rng([seed, stage_idx, stage.seq_len])
-        cell = rng.choice(len(self.cells), size=n_blocks, p=self.weights(stage))
+        rng = np.random.default_rng([seed, phase_idx, phase.seq_len])
+        cell = rng.choice(len(self.cells), size=n_blocks, p=self.weights(phase))
         out = np.zeros((n_blocks, 2), np.int64); out[:, 0] = cell
         for c in np.unique(cell):
             pos = np.flatnonzero(cell == c)
-            nb = max(1, len(self.streams[c]) // stage.seq_len)
+            nb = max(1, len(self.streams[c]) // phase.seq_len)
             order = np.concatenate([rng.permutation(nb) for _ in range(-(-len(pos) // nb))])
             out[pos, 1] = order[:len(pos)]
         return out
@@ -283,39 +268,65 @@ def _dist()->tuple[int, int]:
     if dist.is_available() and dist.is_initialized(): return dist.get_rank(), dist.get_world_size()
     return 0, 1
 
+def nll_windows(ids:list[int], # a text's token ids (no special tokens)
+                prefix_id:int, # the context token put before the text
+                seq_len:int, # tokens predicted per window
+               )->list[list[int]]:
+    "Windows of at most `seq_len + 1` tokens; each window's first token is context only, so every id is predicted once."
+    x = [prefix_id] + list(ids)
+    return [x[s:s + seq_len + 1] for s in range(0, len(x) - 1, seq_len)]
+
+# %% ../nbs/60_train.ipynb #1a7f0c03
 @torch.no_grad()
+def nll_sums(model, # a causal LM returning `.logits`
+             tokenizer, # its tokenizer (encodes the texts)
+             texts:list[str], # the texts to score
+             seq_len:int=128, # tokens predicted per window (the model sees `seq_len + 1`)
+             batch_size:int=8, # windows per forward pass
+             prefix_id:int|None=None, # the context token before each text; None: the tokenizer's EOS
+             rank:int=0, world:int=1, # score texts rank, rank + world, ... of the longest-first order
+             n_batches=None, # callable: local batch count -> batch count to run (the max over processes); None: local
+            )->tuple[np.ndarray, np.ndarray]:
+    "(nats, bytes) per text, float64: summed NLL of every token and UTF-8 bytes (0 for other processes' texts)."
+    pre = tokenizer.eos_token_id if prefix_id is None else prefix_id
+    if pre is None: raise ConfigError("the tokenizer has no eos_token; pass prefix_id", 'tokenizer')
+    was, dev = model.training, next(model.parameters()).device
+    nats, nbytes = np.zeros(len(texts)), np.zeros(len(texts))
+    size = [len(t.encode('utf-8', 'surrogatepass')) for t in texts]
+    mine = sorted(range(len(texts)), key=lambda i: (-size[i], i))[rank::world]
+    ids = tokenizer([texts[i] for i in mine], add_special_tokens=False)['input_ids'] if mine else []
+    wins = sorted(((i, w) for i, x in zip(mine, ids) for w in nll_windows(x, pre, seq_len)), key=lambda w: len(w[1]))
+    for i in mine: nbytes[i] = size[i]
+    nb = -(-len(wins) // batch_size)
+    model.eval()
+    for b in range(nb if n_batches is None else n_batches(nb)):
+        part = wins[b * batch_size:(b + 1) * batch_size] or [(0, [pre, pre])]     # an empty batch keeps FSDP in step
+        L = max(len(w) for _, w in part)
+        x = torch.tensor([w + [pre] * (L - len(w)) for _, w in part], device=dev)
+        m = torch.tensor([[1] * len(w) + [0] * (L - len(w)) for _, w in part], device=dev)[:, 1:]
+        logits = model(input_ids=x).logits[:, :-1].float()    # right padding: causal attention never sees it
+        l = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1), reduction='none').view(m.shape)
+        if b < nb: np.add.at(nats, [i for i, _ in part], (l * m).sum(1).double().cpu().numpy())
+    model.train(was)
+    return nats, nbytes
+
+# %% ../nbs/60_train.ipynb #1a7f0c05
 def val_sums(model, # a causal LM returning `.logits`
              tokenizer, # the training tokenizer
              texts:dict[str, list[str]], # held-out texts per language
              seq_len:int=128, # window length
              batch_size:int=8,
-             rank:int=0, world:int=1, # score documents rank, rank + world, ... of the longest-first order
-             n_batches=None, # callable: local batch count -> batch count to run (the max over processes); None: local
+             rank:int=0, world:int=1, # this process's share (see `nll_sums`)
+             n_batches=None, # see `nll_sums`
             )->torch.Tensor:
     "(2, languages) float64 sums of NLL bits and UTF-8 bytes over this process's share of the held-out documents."
-    was, dev, eos = model.training, next(model.parameters()).device, tokenizer.eos_token_id
-    docs = sorted(((len(t.encode('utf-8', 'surrogatepass')), li, t) for li, tx in enumerate(texts.values()) for t in tx),
-                  key=lambda d: (-d[0], d[1], d[2]))[rank::world]
-    sums = torch.zeros(2, len(texts), dtype=torch.float64)
-    wins = []
-    ids = tokenizer([t for _, _, t in docs], add_special_tokens=False)['input_ids'] if docs else []
-    for (nb, li, _), x in zip(docs, ids):
-        sums[1, li] += nb; x = [eos] + x
-        wins += [(li, x[s:s + seq_len + 1]) for s in range(0, len(x) - 1, seq_len)]
-    wins.sort(key=lambda w: len(w[1]))
-    nb = -(-len(wins) // batch_size)
-    model.eval()
-    for i in range(nb if n_batches is None else n_batches(nb)):
-        part = wins[i * batch_size:(i + 1) * batch_size] or [(0, [eos, eos])]     # an empty batch keeps FSDP in step
-        L = max(len(w) for _, w in part)
-        x = torch.tensor([w + [eos] * (L - len(w)) for _, w in part], device=dev)
-        m = torch.tensor([[1] * len(w) + [0] * (L - len(w)) for _, w in part], device=dev)[:, 1:]
-        logits = model(input_ids=x).logits[:, :-1].float()    # right padding: causal attention never sees it
-        l = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1), reduction='none').view(m.shape)
-        if i < nb: sums[0].index_add_(0, torch.tensor([li for li, _ in part]), (l * m).sum(1).double().cpu() / math.log(2))
-    model.train(was)
+    flat = [(li, t) for li, tx in enumerate(texts.values()) for t in sorted(tx)]
+    nats, nb = nll_sums(model, tokenizer, [t for _, t in flat], seq_len, batch_size, None, rank, world, n_batches)
+    li, sums = torch.tensor([l for l, _ in flat], dtype=torch.long), torch.zeros(2, len(texts), dtype=torch.float64)
+    sums[0].index_add_(0, li, torch.from_numpy(nats) / math.log(2)); sums[1].index_add_(0, li, torch.from_numpy(nb))
     return sums
 
+# %% ../nbs/60_train.ipynb #1a7f0c06
 def val_bpb(model, # a causal LM returning `.logits` (with several processes: every process calls this)
             tokenizer, # the training tokenizer
             texts:dict[str, list[str]], # held-out texts per language
@@ -412,7 +423,7 @@ def save_checkpoint(ckpt_dir:str|Path, # e.g. run_dir/'checkpoints'
                     step:int, # global step (names the folder)
                     model, # the unwrapped model
                     optimizer, # its optimizer
-                    state:dict, # JSON-able training state (stage, step, data position, ...)
+                    state:dict, # JSON-able training state (phase, step, data position, ...)
                     config:dict|None=None, # the training config, saved beside
                     accelerator=None, # for multi-process runs: every rank saves its RNG state
                     keep_last:int|None=None, # delete older checkpoints beyond this many
@@ -501,7 +512,9 @@ def load_checkpoint(path:str|Path, # a `step_N` folder
     rf = p/f'rng_{rank}.pt'
     if not rf.is_file(): log.warning("%s: no RNG state for rank %d; using rank 0's", p, rank); rf = p/'rng_0.pt'
     _set_rng_state(torch.load(rf, weights_only=False))
-    return json.loads((p/'state.json').read_text())
+    st = json.loads((p/'state.json').read_text())
+    if 'stage' in st: st['phase'], st['phase_name'] = st.pop('stage'), st.pop('stage_name', None)   # saved before phases had their name
+    return st
 
 # %% ../nbs/60_train.ipynb #e857d32f
 def expert_load_metrics(expert_load:torch.Tensor, # (moe_layers, experts) token counts
@@ -565,7 +578,7 @@ def _optimizer(model, cfg:TrainConfig, fused:bool):
     decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim >= 2 and 'embed' not in n]
     rest = [p for n, p in model.named_parameters() if p.requires_grad and not (p.ndim >= 2 and 'embed' not in n)]
     return torch.optim.AdamW([{'params': decay, 'weight_decay': cfg.weight_decay}, {'params': rest, 'weight_decay': 0.0}],
-                             lr=cfg.stages[0].lr, betas=(cfg.beta1, cfg.beta2), fused=fused or None)
+                             lr=cfg.phases[0].lr, betas=(cfg.beta1, cfg.beta2), fused=fused or None)
 
 # %% ../nbs/60_train.ipynb #c23e4081
 def fsdp_plugin(**kw):
@@ -590,7 +603,7 @@ def fsdp_wrap(model, # a `CompassForCausalLM`, sharded in place
     return model
 
 def distributed_mode(cfg:TrainConfig, acc)->str:
-    "'single', 'ddp', 'fsdp' (accelerate shards the model in `prepare`) or 'fsdp-own' (`train_stage` calls `fsdp_wrap`)."
+    "'single', 'ddp', 'fsdp' (accelerate shards the model in `prepare`) or 'fsdp-own' (`run` calls `fsdp_wrap`)."
     from accelerate.utils import DistributedType
     if acc.distributed_type == DistributedType.FSDP:
         if getattr(acc.state.fsdp_plugin, 'fsdp_version', 1) != 2:
@@ -646,35 +659,38 @@ def _read_metrics(path:Path)->list[dict]:
     return out
 
 # %% ../nbs/60_train.ipynb #35a1c44d
-def train_stage(cfg:TrainConfig|dict|str, # a `TrainConfig`, a dict of its fields or a preset name
-                run_dir:str|Path, # the run folder: checkpoints/, model/, metrics.jsonl, *.png go here
-                tokenizer, # a tokenizer folder or a `PreTrainedTokenizerFast` (needs an eos token)
-                data=None, # see `load_docs`: cleaned-data folder, data dir, Dataset/records, or None (synthetic)
-                resume:bool|str|Path=True, # True: from the latest checkpoint if any; a path: that checkpoint; False: from scratch
-                stop_after:int|None=None, # save and return after this global step (None: run every stage)
-                callback=None, # called as callback(info_dict, model) after every optimizer step
-                accelerator=None, # an `Accelerator`; default from `make_accelerator(cfg)`
-                plots:bool=True, # write loss.png and expert_load.png
-               )->dict:
-    "Run the staged recipe into `run_dir`; returns a summary (status, steps, tokens, losses, val bits/byte)."
+def run(cfg:TrainConfig|dict|str, # a `TrainConfig`, a dict of its fields, a preset name, or a run config (its `train` section)
+        run_dir:str|Path, # the run folder (or the CLI's `RunDir`): checkpoints/, model/, metrics.jsonl, *.png go here
+        tokenizer=None, # a tokenizer folder or a `PreTrainedTokenizerFast` (needs an eos token); None: run_dir/tokenizer
+        data=None, # see `load_docs`; None: run_dir/data/clean when the data stage wrote it, else the data dir or synthetic corpus
+        resume:bool|str|Path=True, # True: from the latest checkpoint if any; a path: that checkpoint; False: from scratch
+        stop_after:int|None=None, # save and return after this global step (None: run every phase)
+        callback=None, # called as callback(info_dict, model) after every optimizer step
+        accelerator=None, # an `Accelerator`; default from `make_accelerator(cfg)`
+        plots:bool=True, # write loss.png and expert_load.png
+       )->dict:
+    "The training stage: every phase of the recipe into `run_dir`; returns the summary (status, steps, tokens, losses, val bits/byte)."
+    cfg, run_dir = getattr(cfg, 'train', cfg), Path(getattr(run_dir, 'path', run_dir))
+    if tokenizer is None: tokenizer = run_dir/'tokenizer'
+    if data is None and (run_dir/'data'/'clean').is_dir(): data = run_dir/'data'/'clean'
     cfg = train_config(cfg) if not isinstance(cfg, TrainConfig) else cfg
-    run_dir = Path(run_dir); ck_dir, mpath = run_dir/'checkpoints', run_dir/'metrics.jsonl'
+    ck_dir, mpath = run_dir/'checkpoints', run_dir/'metrics.jsonl'
     tok = load_tokenizer(tokenizer)
     acc = accelerator or make_accelerator(cfg, run_dir)
     main, world, rank = acc.is_main_process, acc.num_processes, acc.process_index
     random.seed(cfg.seed); np.random.seed(cfg.seed)
     train_docs, val = split_heldout(load_docs(data), cfg.val_fraction, cfg.val_max_docs, cfg.seed)
     packed = PackedData(train_docs, tok, cfg.seed)
-    for s in cfg.stages:
+    for s in cfg.phases:
         missing = sorted(set(s.mix) - {l for l, _ in packed.cells})
-        if missing and main: log.warning("stage %s: mix names languages absent from the data: %s", s.name, missing)
+        if missing and main: log.warning("phase %s: mix names languages absent from the data: %s", s.name, missing)
     mode = distributed_mode(cfg, acc)
     if mode == 'single' and cfg.distributed == 'fsdp' and main: log.info("distributed='fsdp' with one process: nothing to shard")
     model = build_model(cfg, tok)
     if mode == 'fsdp-own': fsdp_wrap(model)                  # CPU processes: accelerate would not shard (see above)
     opt = _optimizer(model, cfg, fused=acc.device.type == 'cuda')
     if mode == 'fsdp': model, opt = acc.prepare(model, opt)  # accelerate shards here; the checkpoint loads into the shards
-    start = dict(stage=0, step=0, global_step=0, tokens=0)
+    start = dict(phase=0, step=0, global_step=0, tokens=0)
     ck = None
     if resume:
         ck = Path(resume) if not isinstance(resume, bool) else (list_checkpoints(ck_dir)[-1][1] if list_checkpoints(ck_dir) else None)
@@ -683,7 +699,7 @@ def train_stage(cfg:TrainConfig|dict|str, # a `TrainConfig`, a dict of its field
         saved = yaml.safe_load((Path(ck)/'train_config.yaml').read_text()) if (Path(ck)/'train_config.yaml').is_file() else None
         if main and saved is not None and saved != cfg.to_dict():
             log.warning("%s was written with a different training config; resuming with the new one", ck)
-        if main: log.info("resuming from %s (stage %d, step %d)", ck, start['stage'], start['step'])
+        if main: log.info("resuming from %s (phase %d, step %d)", ck, start['phase'], start['step'])
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
         keep = [r for r in _read_metrics(mpath) if r.get('global_step', 0) <= start['global_step']] if ck else []
@@ -715,9 +731,9 @@ def _loop(cfg, acc, model, raw, opt, tok, packed, val, start, run_dir, stop_afte
     gstep, tokens, status, last_val, t_start = start['global_step'], start['tokens'], 'done', {}, time.perf_counter()
     flops_tok, peak = None, peak_flops(acc.device)
     mfile = open(mpath, 'a') if main else None
-    total = sum(s.steps for s in cfg.stages)
+    total = sum(s.steps for s in cfg.phases)
     bar = tqdm(total=total, initial=gstep, desc='train', dynamic_ncols=True, disable=not main or bool(os.environ.get('TQDM_DISABLE')))
-    def state(si, step): return dict(stage=si, stage_name=cfg.stages[si].name if si < len(cfg.stages) else None,
+    def state(si, step): return dict(phase=si, phase_name=cfg.phases[si].name if si < len(cfg.phases) else None,
                                      step=step, global_step=gstep, tokens=tokens, data_position=step)
     def save(si, step):
         return save_checkpoint(ck_dir, gstep, raw, opt, state(si, step), cfg.to_dict(), acc, cfg.keep_last)
@@ -729,13 +745,13 @@ def _loop(cfg, acc, model, raw, opt, tok, packed, val, start, run_dir, stop_afte
             acc.log({k: v for k, v in flat.items() if isinstance(v, (int, float)) and k != 'global_step'}, step=r['global_step'])
     try:
         with _StopFlag() as stop:
-            for si, st in enumerate(cfg.stages):
-                if si < start['stage']: continue
-                theta = next((s.rope_theta for s in cfg.stages[si::-1] if s.rope_theta is not None), None)
+            for si, st in enumerate(cfg.phases):
+                if si < start['phase']: continue
+                theta = next((s.rope_theta for s in cfg.phases[si::-1] if s.rope_theta is not None), None)
                 if theta is not None: raw.config.rope_theta = theta
                 flops_tok = model_stats(raw.config, st.seq_len)['train_flops_per_token']
                 plan = packed.plan(st, st.steps * G, cfg.seed, si)
-                step0 = start['step'] if si == start['stage'] else 0
+                step0 = start['step'] if si == start['phase'] else 0
                 t_log, tok_log = time.perf_counter(), 0
                 for step in range(step0, st.steps):
                     lr = lr_at(st, step)
@@ -764,31 +780,31 @@ def _loop(cfg, acc, model, raw, opt, tok, packed, val, start, run_dir, stop_afte
                         good = list_checkpoints(ck_dir)
                         badw = [k for k, v in rep['layers'].items() if v['nonfinite_weights']]
                         badg = [k for k, v in rep['layers'].items() if v['nonfinite_grads']]
-                        raise TrainingDiverged(f"non-finite loss/grad at step {gstep + 1} (stage {st.name!r}): {losses}; "
+                        raise TrainingDiverged(f"non-finite loss/grad at step {gstep + 1} (phase {st.name!r}): {losses}; "
                                                f"NaN/inf weights in {badw[:8]}, gradients in {len(badg)} layers; last good checkpoint: "
                                                f"{good[-1][1] if good else 'none'}; details in {run_dir/'divergence.json'}",
                                                f'{run_dir}/metrics.jsonl')
                     opt.step(); opt.zero_grad(set_to_none=True)
                     raw.balance_step()
                     gstep += 1; tokens += G * st.seq_len; tok_log += G * st.seq_len
-                    bar.update(1); bar.set_postfix(stage=st.name, loss=f'{loss:.3f}', lr=f'{lr:.2e}')
-                    end_stage = step + 1 == st.steps
-                    if gstep % cfg.log_every == 0 or end_stage:
+                    bar.update(1); bar.set_postfix(phase=st.name, loss=f'{loss:.3f}', lr=f'{lr:.2e}')
+                    end_phase = step + 1 == st.steps
+                    if gstep % cfg.log_every == 0 or end_phase:
                         dt = time.perf_counter() - t_log
-                        r = dict(global_step=gstep, stage=st.name, step=step + 1, tokens=tokens, loss=loss, lm_loss=lm,
+                        r = dict(global_step=gstep, phase=st.name, step=step + 1, tokens=tokens, loss=loss, lm_loss=lm,
                                  aux_loss=aux, z_loss=z, lr=lr, grad_norm=gn, tokens_per_s=round(tok_log / max(dt, 1e-9), 1))
                         if peak: r['mfu'] = round(mfu(flops_tok, tok_log / max(dt, 1e-9), world, peak), 4)
                         if load is not None: r.update(expert_load_metrics(acc.reduce(load, 'sum') if world > 1 else load))
-                        if (cfg.eval_every and gstep % cfg.eval_every == 0) or end_stage:
+                        if (cfg.eval_every and gstep % cfg.eval_every == 0) or end_phase:
                             last_val = val_bpb(raw, tok, val, st.seq_len)
                             r['val_bpb'] = {k: round(v, 5) for k, v in last_val.items()}
                             r['val_bpb_mean'] = round(float(np.mean(list(last_val.values()))), 5) if last_val else None
                         record(r); t_log, tok_log = time.perf_counter(), 0
-                    if callback is not None: callback(dict(global_step=gstep, stage=st.name, step=step + 1, loss=loss), raw)
+                    if callback is not None: callback(dict(global_step=gstep, phase=st.name, step=step + 1, loss=loss), raw)
                     interrupted = bool(red[4] > 0) if world > 1 else stop.hit   # processes agree through the all-reduce
                     stopping = interrupted or (stop_after is not None and gstep >= stop_after)
-                    if gstep % cfg.save_every == 0 or end_stage or stopping:
-                        save(si + 1 if end_stage else si, 0 if end_stage else step + 1)
+                    if gstep % cfg.save_every == 0 or end_phase or stopping:
+                        save(si + 1 if end_phase else si, 0 if end_phase else step + 1)
                     if stopping:
                         status = 'interrupted' if interrupted else 'stopped'
                         break
@@ -844,18 +860,18 @@ def measure_throughput(tokenizer, # a tokenizer folder or object (its vocab is p
                        run_dir:str|Path|None=None, # default: a temporary folder
                        **overrides, # `TrainConfig` fields to change
                       )->dict:
-    "Median tokens/s and MFU of `steps` steps of `preset`'s first stage after `warmup` steps, and peak memory."
+    "Median tokens/s and MFU of `steps` steps of `preset`'s first phase after `warmup` steps, and peak memory."
     import tempfile
     if steps <= warmup: raise ConfigError(f"must be > warmup={warmup}, got {steps}", 'steps')
     cfg = train_config(preset, **overrides)
     vocab = MODEL_PRESETS[cfg.model].get('vocab_size', 0)
-    st = cfg.stages[0].replace(steps=steps, warmup_steps=min(cfg.stages[0].warmup_steps, steps))
-    cfg = cfg.replace(stages=[st], log_every=1, save_every=10**9, eval_every=0, keep_last=1,
+    st = cfg.phases[0].replace(steps=steps, warmup_steps=min(cfg.phases[0].warmup_steps, steps))
+    cfg = cfg.replace(phases=[st], log_every=1, save_every=10**9, eval_every=0, keep_last=1,
                       model_overrides={'vocab_size': vocab, **cfg.model_overrides})
     run_dir = Path(run_dir or tempfile.mkdtemp(prefix='compass-throughput-'))
     cuda = torch.cuda.is_available() and not cfg.cpu
     if cuda: torch.cuda.reset_peak_memory_stats()
-    s = train_stage(cfg, run_dir, tokenizer, data, resume=False, plots=False)
+    s = run(cfg, run_dir, tokenizer, data, resume=False, plots=False)
     recs = _read_metrics(run_dir/'metrics.jsonl')[warmup:]
     med = lambda k: float(np.median([r[k] for r in recs])) if recs and all(k in r for r in recs) else None
     return dict(device=torch.cuda.get_device_name() if cuda else 'cpu', preset=preset, steps=steps,
@@ -865,29 +881,29 @@ def measure_throughput(tokenizer, # a tokenizer folder or object (its vocab is p
                 final_loss=s['final_loss'], run_dir=str(run_dir))
 
 # %% ../nbs/60_train.ipynb #fa6fc2ae
-def _stage_bands(ax, recs):
+def _phase_bands(ax, recs):
     prev = None
     for r in recs:
-        if r['stage'] != prev and prev is not None:
+        if r['phase'] != prev and prev is not None:
             ax.axvline(r['global_step'] - r['step'], color='grey', ls=':', lw=1)
-            ax.text(r['global_step'] - r['step'], ax.get_ylim()[1], f" {r['stage']}", va='top', fontsize=7, color='grey')
-        prev = r['stage']
+            ax.text(r['global_step'] - r['step'], ax.get_ylim()[1], f" {r['phase']}", va='top', fontsize=7, color='grey')
+        prev = r['phase']
 
 def plot_metrics(recs:list[dict]|str|Path, # metric records, or a metrics.jsonl path
                 ):
-    "Training loss (LM) per step with stage boundaries; validation bits/byte per language; learning rate."
+    "Training loss (LM) per step with phase boundaries; validation bits/byte per language; learning rate."
     import matplotlib.pyplot as plt
     recs = _read_metrics(Path(recs)) if isinstance(recs, (str, Path)) else recs
     fig, (a1, a2, a3) = plt.subplots(1, 3, figsize=(13, 3.2))
     x = [r['global_step'] for r in recs]
     a1.plot(x, [r['lm_loss'] for r in recs], label='LM loss'); a1.set_xlabel('step'); a1.set_ylabel('nats/token')
-    a1.set_title('training loss'); _stage_bands(a1, recs)
+    a1.set_title('training loss'); _phase_bands(a1, recs)
     vr = [r for r in recs if r.get('val_bpb')]
     for l in (vr[-1]['val_bpb'] if vr else {}):
         a2.plot([r['global_step'] for r in vr], [r['val_bpb'].get(l) for r in vr], marker='o', ms=3, label=l)
     a2.set_title('validation bits per byte'); a2.set_xlabel('step')
     if vr: a2.legend(fontsize=7, ncol=2)
-    a3.plot(x, [r['lr'] for r in recs]); a3.set_title('learning rate'); a3.set_xlabel('step'); _stage_bands(a3, recs)
+    a3.plot(x, [r['lr'] for r in recs]); a3.set_title('learning rate'); a3.set_xlabel('step'); _phase_bands(a3, recs)
     fig.tight_layout()
     return fig
 

@@ -396,7 +396,7 @@ def check_update_bias(fn, # fn(bias (E,), counts (E,), gamma) -> new bias (E,)
     return run_check(name, body)
 
 # %% ../nbs/workshop/checks.ipynb #97bec6c6
-from .train import lr_at, StageConfig
+from .train import lr_at, PhaseConfig
 from .model import CompassConfig, CompassForCausalLM
 
 # %% ../nbs/workshop/checks.ipynb #a27df894
@@ -418,11 +418,11 @@ def check_lr_schedule(fn, # fn(stage, step) -> learning rate
     "Compare with `train.lr_at` on every step of cosine, linear and constant stages."
     name = 'lr_schedule'
     def body():
-        stages = [StageConfig(steps=50, lr=3e-3, warmup_steps=10, schedule='cosine', min_lr_ratio=0.1),
-                  StageConfig(name='anneal', steps=20, lr=1.5e-3, warmup_steps=5, schedule='linear', min_lr_ratio=0.0),
-                  StageConfig(steps=8, lr=1e-3, warmup_steps=0, schedule='cosine', min_lr_ratio=0.0),
-                  StageConfig(steps=12, lr=2e-4, warmup_steps=3, schedule='constant')]
-        for st in stages:
+        phases = [PhaseConfig(steps=50, lr=3e-3, warmup_steps=10, schedule='cosine', min_lr_ratio=0.1),
+                  PhaseConfig(name='anneal', steps=20, lr=1.5e-3, warmup_steps=5, schedule='linear', min_lr_ratio=0.0),
+                  PhaseConfig(steps=8, lr=1e-3, warmup_steps=0, schedule='cosine', min_lr_ratio=0.0),
+                  PhaseConfig(steps=12, lr=2e-4, warmup_steps=3, schedule='constant')]
+        for st in phases:
             for s in range(st.steps):
                 expect_close(name, float(attempt(name, fn, st, s)), lr_at(st, s), f"lr at step {s} of a {st.schedule} stage "
                              f"(warmup {st.warmup_steps}, steps {st.steps})", 1e-12, 1e-6,

@@ -149,7 +149,7 @@ def my_update_bias(bias:Tensor, # (E,) selection bias
     return bias + gamma * torch.sign(c.mean() - c)
 
 # %% ../nbs/workshop/solutions.ipynb #07652418
-def lr_schedule(stage, # a `train.StageConfig`: lr, steps, warmup_steps, schedule, min_lr_ratio
+def lr_schedule(stage, # a `train.PhaseConfig`: lr, steps, warmup_steps, schedule, min_lr_ratio
                 step:int, # step within the stage, from 0
                )->float:
     "Linear warmup to `lr` over warmup_steps (step s gives lr·(s+1)/warmup), then cosine/linear decay to min_lr_ratio·lr, or constant."

@@ -8,14 +8,15 @@ from compass_nbdev.core import ConfigError, load_config_file
 from compass_nbdev.synthetic import synthetic_corpus
 from compass_nbdev.model import CompassConfig, CompassForCausalLM
 import compass_nbdev.train as T
-from compass_nbdev.train import (TrainConfig, StageConfig, TRAIN_PRESETS, train_config, lr_at, load_docs, split_heldout,
+from compass_nbdev.train import (TrainConfig, PhaseConfig, TRAIN_PRESETS, train_config, lr_at, load_docs, split_heldout,
                                  PackedData, val_bpb, save_checkpoint, load_checkpoint, verify_checkpoint, list_checkpoints,
-                                 CheckpointError, TrainingDiverged, train_stage, _read_metrics)
+                                 CheckpointError, TrainingDiverged, _read_metrics)
+from compass_nbdev.train import run as train_run
 
 LANGS = ['en', 'id', 'th', 'vi', 'zh']
-# a very small recipe: 3 stages, 12 steps, log every step
+# a very small recipe: 3 phases, 12 steps, log every step
 SMALL = dict(model='tiny', micro_batch_size=2, log_every=1, save_every=3, keep_last=10, val_max_docs=3,
-             stages=[dict(name='pretrain', steps=6, seq_len=32, lr=3e-3, warmup_steps=2),
+             phases=[dict(name='pretrain', steps=6, seq_len=32, lr=3e-3, warmup_steps=2),
                      dict(name='anneal', steps=4, seq_len=32, lr=1e-3, warmup_steps=1, schedule='linear', min_lr_ratio=0.0,
                           mix={'th': 3.0}, domain_mix={'ecommerce': 2.0}),
                      dict(name='long', steps=2, seq_len=64, lr=5e-4, warmup_steps=1, rope_theta=40000.0)])
@@ -45,7 +46,7 @@ def data_file(data, tmp_path_factory):
 def reference(tmp_path_factory, tok_dir, data_file):
     "One uninterrupted SMALL run, shared by the resume tests."
     run = tmp_path_factory.mktemp('ref')/'run'
-    s = train_stage(SMALL, run, tok_dir, data_file, plots=False)
+    s = train_run(SMALL, run, tok_dir, data_file, plots=False)
     return run, s
 
 def losses(run): return [(r['global_step'], r['loss'], r['lm_loss'], r['grad_norm']) for r in _read_metrics(Path(run)/'metrics.jsonl')]
@@ -62,38 +63,41 @@ def state(path):
 
 # ---------- config ----------
 @pytest.mark.parametrize('d,key', [
-    ({'stages': [{}, {'lr': -1.0}]}, 'train.stages[1].lr'), ({'stages': [{'mix': {'xx': 1.0}}]}, 'train.stages[0].mix.xx'),
-    ({'stages': [{'schedule': 'step'}]}, 'train.stages[0].schedule'), ({'stages': []}, 'train.stages'),
-    ({'stages': [{'warmup_steps': 500, 'steps': 10}]}, 'train.stages[0].warmup_steps'), ({'model': 'huge'}, 'train.model'),
+    ({'phases': [{}, {'lr': -1.0}]}, 'train.phases[1].lr'), ({'phases': [{'mix': {'xx': 1.0}}]}, 'train.phases[0].mix.xx'),
+    ({'phases': [{'schedule': 'step'}]}, 'train.phases[0].schedule'), ({'phases': []}, 'train.phases'),
+    ({'phases': [{'warmup_steps': 500, 'steps': 10}]}, 'train.phases[0].warmup_steps'), ({'model': 'huge'}, 'train.model'),
     ({'model_overrides': {'num_key_value_heads': 3}}, 'train.model_overrides.num_key_value_heads'),
     ({'micro_batch_size': 0}, 'train.micro_batch_size'), ({'learning_rate': 1.0}, 'train.learning_rate'),
-    ({'stages': [{'name': 'a'}, {'name': 'a'}]}, 'train.stages[1].name'), ({'mixed_precision': 'fp8'}, 'train.mixed_precision')])
+    ({'phases': [{'name': 'a'}, {'name': 'a'}]}, 'train.phases[1].name'), ({'mixed_precision': 'fp8'}, 'train.mixed_precision')])
 def test_bad_config_names_the_key(d, key):
     with pytest.raises(ConfigError) as e: TrainConfig.from_dict(d, 'train')
     assert str(e.value).startswith(key + ':'), str(e.value)
 
 @pytest.mark.parametrize('name', list(TRAIN_PRESETS))
-def test_presets_are_valid_three_stage_recipes(name):
+def test_presets_are_valid_three_phase_recipes(name):
     c = train_config(name)
-    assert [s.name for s in c.stages] == ['pretrain', 'anneal', 'long_context']
-    assert c.stages[2].seq_len > c.stages[0].seq_len and c.stages[2].rope_theta and c.stages[1].mix
-    assert c.model_config().max_position_embeddings > c.stages[2].seq_len
+    assert [s.name for s in c.phases] == ['pretrain', 'anneal', 'long_context']
+    assert c.phases[2].seq_len > c.phases[0].seq_len and c.phases[2].rope_theta and c.phases[1].mix
+    assert c.model_config().max_position_embeddings > c.phases[2].seq_len
     assert TrainConfig.from_dict(c.to_dict()) == c                     # round trip through plain data
 
 def test_yaml_config_file(tmp_path):
     f = tmp_path/'train.yaml'; f.write_text(yaml.safe_dump(SMALL))
-    assert TrainConfig.from_dict(load_config_file(f)).stages[2].rope_theta == 40000.0
-    f.write_text(yaml.safe_dump({**SMALL, 'stages': [{'name': 'x', 'seq_len': 4}]}))
-    with pytest.raises(ConfigError, match=r'stages\[0\]\.seq_len'): TrainConfig.from_dict(load_config_file(f))
+    assert TrainConfig.from_dict(load_config_file(f)).phases[2].rope_theta == 40000.0
+    old = {k: v for k, v in SMALL.items() if k != 'phases'}           # `stages`, the key's old name, still loads as phases
+    f.write_text(yaml.safe_dump({**old, 'stages': SMALL['phases']}))
+    assert TrainConfig.from_dict(load_config_file(f)).phases[2].rope_theta == 40000.0
+    f.write_text(yaml.safe_dump({**old, 'stages': [{'name': 'x', 'seq_len': 4}]}))
+    with pytest.raises(ConfigError, match=r'phases\[0\]\.seq_len: must be >= 8'): TrainConfig.from_dict(load_config_file(f))
 
 def test_bad_config_rejected_before_any_work(tmp_path, tok_dir, data):
-    with pytest.raises(ConfigError, match='stages'): train_stage({'stages': [{'lr': 0.0}]}, tmp_path/'run', tok_dir, data)
+    with pytest.raises(ConfigError, match='phases'): train_run({'phases': [{'lr': 0.0}]}, tmp_path/'run', tok_dir, data)
     assert not (tmp_path/'run').exists()
 
 # ---------- schedule, data, bits per byte ----------
 def test_schedule_warmup_rewarmup_decay():
     c = TrainConfig.from_dict(SMALL)
-    s1, s2 = c.stages[0], c.stages[1]
+    s1, s2 = c.phases[0], c.phases[1]
     assert lr_at(s1, 0) == pytest.approx(1.5e-3) and lr_at(s1, 1) == pytest.approx(3e-3)
     assert lr_at(s1, 5) < lr_at(s1, 2) and lr_at(s1, 6) == pytest.approx(3e-3 * 0.1)
     assert lr_at(s2, 0) == pytest.approx(1e-3) and lr_at(s2, 4) == pytest.approx(0.0)   # re-warmup then linear to 0
@@ -109,14 +113,14 @@ def test_packing_mix_and_determinism(data, tok_dir):
     tok = PreTrainedTokenizerFast.from_pretrained(tok_dir)
     pk = PackedData(load_docs(data), tok, seed=0)
     assert sum(pk.n_tokens) == sum(len(tok(d['text'])['input_ids']) + 1 for d in data)       # every doc + one EOS
-    st = StageConfig(seq_len=32, mix={'th': 5.0, 'en': 0.0})
+    st = PhaseConfig(seq_len=32, mix={'th': 5.0, 'en': 0.0})
     plan = pk.plan(st, 3000, seed=0)
     langs = [pk.cells[c][0] for c in plan[:, 0]]
     assert 'en' not in langs and langs.count('th') > 2 * max(langs.count(l) for l in ('id', 'vi', 'zh'))
     assert (pk.plan(st, 3000, seed=0) == plan).all() and not (pk.plan(st, 3000, seed=1) == plan).all()
     b = pk.batch(plan[:5], 32)
     assert b.shape == (5, 32) and b.dtype == torch.int64 and int(b.max()) < len(tok)
-    with pytest.raises(ConfigError, match='mix'): pk.weights(StageConfig(mix={l: 0.0 for l in LANGS}))
+    with pytest.raises(ConfigError, match='mix'): pk.weights(PhaseConfig(mix={l: 0.0 for l in LANGS}))
 
 def test_val_bpb_of_uniform_model(data, tok_dir):
     tok = PreTrainedTokenizerFast.from_pretrained(tok_dir)
@@ -129,11 +133,11 @@ def test_val_bpb_of_uniform_model(data, tok_dir):
         assert bpb[l] == pytest.approx(math.log2(448) * ntok / sum(len(t.encode()) for t in tx), rel=1e-5)
 
 # ---------- the loop, resume ----------
-def test_staged_run_writes_the_run_folder(reference):
+def test_phased_run_writes_the_run_folder(reference):
     run, s = reference
     assert s['status'] == 'done' and s['global_step'] == 12
     recs = _read_metrics(run/'metrics.jsonl')
-    assert [r['stage'] for r in recs] == ['pretrain'] * 6 + ['anneal'] * 4 + ['long'] * 2
+    assert [r['phase'] for r in recs] == ['pretrain'] * 6 + ['anneal'] * 4 + ['long'] * 2
     assert recs[-1]['tokens'] == 10 * 2 * 32 + 2 * 2 * 64
     assert min(r['lm_loss'] for r in recs[6:]) < recs[0]['lm_loss'] - 0.1     # learning (tiny steps: noisy)
     assert set(recs[-1]['val_bpb']) == set(LANGS) and all(0 < v < 20 for v in recs[-1]['val_bpb'].values())
@@ -142,23 +146,23 @@ def test_staged_run_writes_the_run_folder(reference):
     m = CompassForCausalLM.from_pretrained(run/'model')
     assert m.config.rope_theta == 40000.0 and m.config.max_position_embeddings > 64
     assert [n for n, _ in list_checkpoints(run/'checkpoints')] == [3, 6, 9, 10, 12]
-    assert json.loads((run/'checkpoints'/'step_6'/'state.json').read_text())['stage'] == 1    # stage 1 done: next is stage 2
+    assert json.loads((run/'checkpoints'/'step_6'/'state.json').read_text())['phase'] == 1    # phase 1 done: next is phase 2
 
 def test_resume_is_bit_exact(reference, tmp_path, tok_dir, data_file):
     ref, _ = reference
     run = tmp_path/'run'
-    assert train_stage(SMALL, run, tok_dir, data_file, stop_after=4, plots=False)['status'] == 'stopped'
+    assert train_run(SMALL, run, tok_dir, data_file, stop_after=4, plots=False)['status'] == 'stopped'
     assert [n for n, _ in list_checkpoints(run/'checkpoints')] == [3, 4]
-    s = train_stage(SMALL, run, tok_dir, data_file, plots=False)        # resumes from step_4, crosses two stage boundaries
+    s = train_run(SMALL, run, tok_dir, data_file, plots=False)        # resumes from step_4, crosses two phase boundaries
     assert s['status'] == 'done' and same_losses(run, ref)         # same floats, bit for bit
     a, b = state(ref/'checkpoints'/'step_12'), state(run/'checkpoints'/'step_12')
     assert all(torch.equal(a[k], b[k]) for k in a)
 
-def test_resume_from_a_stage_boundary_restores_the_rope_base(reference, tmp_path, tok_dir, data_file):
+def test_resume_from_a_phase_boundary_restores_the_rope_base(reference, tmp_path, tok_dir, data_file):
     ref, _ = reference
     run = tmp_path/'run'
-    train_stage(SMALL, run, tok_dir, data_file, stop_after=11, plots=False)   # inside stage 3 (rope_theta changed)
-    train_stage(SMALL, run, tok_dir, data_file, plots=False)
+    train_run(SMALL, run, tok_dir, data_file, stop_after=11, plots=False)   # inside phase 3 (rope_theta changed)
+    train_run(SMALL, run, tok_dir, data_file, plots=False)
     assert same_losses(run, ref)
 
 # ---------- checkpoints ----------
@@ -169,13 +173,13 @@ def test_corrupt_truncated_incomplete_checkpoints_are_named(reference, tmp_path,
     ck = run/'checkpoints'/'step_12'
     f = ck/'optimizer.pt'; raw = bytearray(f.read_bytes()); raw[len(raw) // 2] ^= 0xFF; f.write_bytes(bytes(raw))
     with pytest.raises(CheckpointError, match=r'step_12/optimizer.pt: corrupt: SHA-256'): verify_checkpoint(ck)
-    with pytest.raises(CheckpointError, match=r'step_12/optimizer.pt: corrupt'): train_stage(SMALL, run, tok_dir, data_file)
+    with pytest.raises(CheckpointError, match=r'step_12/optimizer.pt: corrupt'): train_run(SMALL, run, tok_dir, data_file)
     f = ck/'model.safetensors'; f.write_bytes(f.read_bytes()[:500])
     with pytest.raises(CheckpointError, match=r'step_12/model.safetensors: truncated'): verify_checkpoint(ck)
     (ck/'manifest.json').unlink()
     with pytest.raises(CheckpointError, match='incomplete checkpoint'): verify_checkpoint(ck)
     shutil.rmtree(ck)                                                    # as the message advises: resume from step_10
-    assert train_stage(SMALL, run, tok_dir, data_file, plots=False)['status'] == 'done' and same_losses(run, ref)
+    assert train_run(SMALL, run, tok_dir, data_file, plots=False)['status'] == 'done' and same_losses(run, ref)
 
 def test_keep_last_and_overwrite(tmp_path):
     m = CompassForCausalLM(CompassConfig.from_preset('tiny')); opt = torch.optim.AdamW(m.parameters())
@@ -203,7 +207,7 @@ def test_sigkill_during_save_keeps_previous_checkpoint(reference, tmp_path, tok_
             if p.parent.name == '.tmp-step_6' and p.name == 'model.safetensors':
                 Path({str(tmp_path/'saving')!r}).touch(); time.sleep(120)
         T._SAVE_HOOK = hook
-        T.train_stage(yaml.safe_load({yaml.safe_dump(SMALL)!r}), {str(run)!r}, {str(tok_dir)!r}, {str(data_file)!r}, plots=False)
+        T.run(yaml.safe_load({yaml.safe_dump(SMALL)!r}), {str(run)!r}, {str(tok_dir)!r}, {str(data_file)!r}, plots=False)
     """)
     p = subprocess.Popen([sys.executable, str(f)], env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     t0 = time.time()
@@ -215,7 +219,7 @@ def test_sigkill_during_save_keeps_previous_checkpoint(reference, tmp_path, tok_
     assert [n for n, _ in list_checkpoints(run/'checkpoints')] == [3]          # step_6 never appeared
     assert (run/'checkpoints'/'.tmp-step_6').is_dir()                           # the half-written save
     verify_checkpoint(run/'checkpoints'/'step_3')
-    s = train_stage(SMALL, run, tok_dir, data_file, plots=False)               # resumes from step_3
+    s = train_run(SMALL, run, tok_dir, data_file, plots=False)               # resumes from step_3
     assert s['status'] == 'done' and same_losses(run, ref)
     assert not (run/'checkpoints'/'.tmp-step_6').exists()
 
@@ -227,7 +231,7 @@ def test_ctrl_c_saves_and_exits_cleanly(reference, tmp_path, tok_dir, data_file)
         import compass_nbdev.train as T
         def press_ctrl_c(info, model):
             if info['global_step'] == 5: os.kill(os.getpid(), signal.SIGINT)
-        s = T.train_stage(yaml.safe_load({yaml.safe_dump(SMALL)!r}), {str(run)!r}, {str(tok_dir)!r}, {str(data_file)!r},
+        s = T.run(yaml.safe_load({yaml.safe_dump(SMALL)!r}), {str(run)!r}, {str(tok_dir)!r}, {str(data_file)!r},
                           callback=press_ctrl_c, plots=False)
         print('SUMMARY', json.dumps(s))
     """)
@@ -236,14 +240,14 @@ def test_ctrl_c_saves_and_exits_cleanly(reference, tmp_path, tok_dir, data_file)
     s = json.loads(r.stdout.split('SUMMARY', 1)[1])
     assert (s['status'], s['global_step']) == ('interrupted', 5)
     assert [n for n, _ in list_checkpoints(run/'checkpoints')] == [3, 5] and not (run/'model').exists()
-    train_stage(SMALL, run, tok_dir, data_file, plots=False)
+    train_run(SMALL, run, tok_dir, data_file, plots=False)
     assert same_losses(run, ref)
 
 def test_nan_stops_with_diagnostic_and_keeps_last_good(tmp_path, tok_dir, data_file):
     run = tmp_path/'run'
     def poison(info, model):
         if info['global_step'] == 4: model.model.layers[1].attn.qkv.weight.data[3, 3] = float('inf')
-    with pytest.raises(TrainingDiverged) as e: train_stage(SMALL, run, tok_dir, data_file, callback=poison, plots=False)
+    with pytest.raises(TrainingDiverged) as e: train_run(SMALL, run, tok_dir, data_file, callback=poison, plots=False)
     msg = str(e.value)
     assert 'step 5' in msg and "'model.layers.1'" in msg and 'step_3' in msg, msg
     rep = json.loads((run/'divergence.json').read_text())
@@ -256,19 +260,19 @@ def _free_port():
     with socket.socket() as s: s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
 
 def test_two_processes_match_one_with_the_same_global_batch(tmp_path, tok_dir, data_file):
-    cfg = {**SMALL, 'stages': SMALL['stages'][:2], 'save_every': 100}
+    cfg = {**SMALL, 'phases': SMALL['phases'][:2], 'save_every': 100}
     run2 = tmp_path/'two'
     f = _script(tmp_path, f"""
         import yaml, torch.distributed as dist
         import compass_nbdev.train as T
-        s = T.train_stage(yaml.safe_load({yaml.safe_dump(cfg)!r}), {str(run2)!r}, {str(tok_dir)!r}, {str(data_file)!r}, plots=False)
+        s = T.run(yaml.safe_load({yaml.safe_dump(cfg)!r}), {str(run2)!r}, {str(tok_dir)!r}, {str(data_file)!r}, plots=False)
         assert dist.is_initialized() and dist.get_world_size() == 2, 'not distributed'
     """)
     r = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2', '--master_addr', '127.0.0.1',
                         '--master_port', str(_free_port()), str(f)], env=_env(), capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-4000:]
     run1 = tmp_path/'one'                                               # 1 process x 2 micro-steps = 2 processes x 1
-    train_stage({**cfg, 'grad_accum': 2}, run1, tok_dir, data_file, plots=False)
+    train_run({**cfg, 'grad_accum': 2}, run1, tok_dir, data_file, plots=False)
     a, b = _read_metrics(run1/'metrics.jsonl'), _read_metrics(run2/'metrics.jsonl')
     assert [r['global_step'] for r in a] == [r['global_step'] for r in b] == list(range(1, 11))
     for x, y in zip(a, b):
@@ -281,16 +285,16 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path, tok_dir, d
 def test_tensorboard_events(tmp_path, tok_dir, data_file):
     pytest.importorskip('tensorboard')
     run = tmp_path/'run'
-    s = train_stage({**SMALL, 'tensorboard': True}, run, tok_dir, data_file, stop_after=2, plots=False)
+    s = train_run({**SMALL, 'tensorboard': True}, run, tok_dir, data_file, stop_after=2, plots=False)
     assert s['status'] == 'stopped'
     ev = list((run/'tensorboard').rglob('events.out.tfevents.*'))
     assert ev and sum(f.stat().st_size for f in ev) > 100
 
 def test_load_train_config_from_file_preset_and_overrides(tmp_path):
     f = tmp_path/'run.toml'
-    f.write_text('preset = "tiny"\n[train]\nmicro_batch_size = 3\n[[train.stages]]\nname = "only"\nsteps = 12\nseq_len = 32\n')
+    f.write_text('preset = "tiny"\n[train]\nmicro_batch_size = 3\n[[train.phases]]\nname = "only"\nsteps = 12\nseq_len = 32\n')
     c = T.load_train_config(f, {'seed': 5})
-    assert (c.model, c.micro_batch_size, [s.steps for s in c.stages], c.seed) == ("tiny", 3, [12], 5)
+    assert (c.model, c.micro_batch_size, [s.steps for s in c.phases], c.seed) == ("tiny", 3, [12], 5)
     assert T.load_train_config(None) == train_config('laptop') and T.load_train_config('tiny') == train_config('tiny')
     f.write_text('preset = "tiny"\n[train]\nwarmup = 3\n')
     with pytest.raises(ConfigError, match='^warmup: unknown key'): T.load_train_config(f)
@@ -305,7 +309,7 @@ def _torchrun(tmp_path, body, timeout=600):
 
 def test_fsdp_two_processes_match_one_and_resume_exactly(tmp_path, tok_dir, data_file):
     "FSDP2 over 2 gloo processes = 1 process with the same global batch; stop + resume under FSDP is bit exact."
-    cfg = {**SMALL, 'stages': SMALL['stages'][:1], 'save_every': 100, 'model_overrides': {'balance': 'aux_free', 'bias_update_rate': 0.01}}
+    cfg = {**SMALL, 'phases': SMALL['phases'][:1], 'save_every': 100, 'model_overrides': {'balance': 'aux_free', 'bias_update_rate': 0.01}}
     full, part, out = tmp_path/'fsdp_full', tmp_path/'fsdp_part', tmp_path/'fsdp.json'
     _torchrun(tmp_path, f"""
         import json, yaml, torch, torch.distributed as dist
@@ -314,13 +318,13 @@ def test_fsdp_two_processes_match_one_and_resume_exactly(tmp_path, tok_dir, data
         cfg = {{**yaml.safe_load({yaml.safe_dump(cfg)!r}), 'distributed': 'fsdp'}}
         seen = {{}}
         def look(info, model): seen['model'] = model
-        T.train_stage(cfg, {str(full)!r}, {str(tok_dir)!r}, {str(data_file)!r}, plots=False, callback=look)
+        T.run(cfg, {str(full)!r}, {str(tok_dir)!r}, {str(data_file)!r}, plots=False, callback=look)
         m = seen['model']; w = m.model.layers[1].attn.qkv.weight
         assert T.is_sharded(m) and isinstance(w, DTensor) and w.to_local().shape[0] * 2 == w.shape[0], 'not sharded'
         bias = [l.ffn.balance_bias.tolist() for l in m.model.layers if l.is_moe]
         biases = [None, None]; dist.all_gather_object(biases, bias)
-        s1 = T.train_stage(cfg, {str(part)!r}, {str(tok_dir)!r}, {str(data_file)!r}, plots=False, stop_after=3)
-        s2 = T.train_stage(cfg, {str(part)!r}, {str(tok_dir)!r}, {str(data_file)!r}, plots=False)
+        s1 = T.run(cfg, {str(part)!r}, {str(tok_dir)!r}, {str(data_file)!r}, plots=False, stop_after=3)
+        s2 = T.run(cfg, {str(part)!r}, {str(tok_dir)!r}, {str(data_file)!r}, plots=False)
         if dist.get_rank() == 0:
             open({str(out)!r}, 'w').write(json.dumps(dict(biases=biases, status=[s1['status'], s2['status']], val=s2['val_bpb'])))
     """)
@@ -330,7 +334,7 @@ def test_fsdp_two_processes_match_one_and_resume_exactly(tmp_path, tok_dir, data
     a, b = state(full/'checkpoints'/'step_6'), state(part/'checkpoints'/'step_6')
     assert all(torch.equal(a[k], b[k]) for k in a)
     one = tmp_path/'one'                                                # 1 process x 2 micro-steps = 2 FSDP processes x 1
-    s = train_stage({**cfg, 'grad_accum': 2}, one, tok_dir, data_file, plots=False)
+    s = train_run({**cfg, 'grad_accum': 2}, one, tok_dir, data_file, plots=False)
     x, y = _read_metrics(one/'metrics.jsonl'), _read_metrics(full/'metrics.jsonl')
     assert [r['global_step'] for r in x] == [r['global_step'] for r in y] == list(range(1, 7))
     for p, q in zip(x, y):
@@ -358,7 +362,7 @@ def test_fsdp_two_processes_match_one_and_resume_exactly(tmp_path, tok_dir, data
 
 def test_fsdp_through_accelerates_own_prepare(tmp_path, tok_dir, data_file):
     "The GPU path: accelerate's FSDP2 `prepare` shards the model (forced on CPU here), stop + resume, same losses as 1 process."
-    cfg = {**SMALL, 'stages': SMALL['stages'][:1], 'save_every': 100}
+    cfg = {**SMALL, 'phases': SMALL['phases'][:1], 'save_every': 100}
     run, out = tmp_path/'acc', tmp_path/'acc.json'
     _torchrun(tmp_path, f"""
         import json, yaml, torch.distributed as dist
@@ -370,13 +374,13 @@ def test_fsdp_through_accelerates_own_prepare(tmp_path, tok_dir, data_file):
             acc.state.distributed_type, acc.state.fsdp_plugin = DistributedType.FSDP, T.fsdp_plugin()
             assert T.distributed_mode(T.TrainConfig.from_dict(cfg), acc) == 'fsdp'
         def look(info, model): seen['sharded'] = T.is_sharded(model)
-        as_on_gpus(); s1 = T.train_stage(cfg, {str(run)!r}, {str(tok_dir)!r}, {str(data_file)!r}, plots=False, stop_after=3, accelerator=acc)
-        as_on_gpus(); s2 = T.train_stage(cfg, {str(run)!r}, {str(tok_dir)!r}, {str(data_file)!r}, plots=False, accelerator=acc, callback=look)
+        as_on_gpus(); s1 = T.run(cfg, {str(run)!r}, {str(tok_dir)!r}, {str(data_file)!r}, plots=False, stop_after=3, accelerator=acc)
+        as_on_gpus(); s2 = T.run(cfg, {str(run)!r}, {str(tok_dir)!r}, {str(data_file)!r}, plots=False, accelerator=acc, callback=look)
         if dist.get_rank() == 0: open({str(out)!r}, 'w').write(json.dumps([s1['status'], s2['status'], seen['sharded']]))
     """)
     assert json.loads(out.read_text()) == ['stopped', 'done', True]
     one = tmp_path/'one'
-    train_stage({**cfg, 'grad_accum': 2}, one, tok_dir, data_file, plots=False)
+    train_run({**cfg, 'grad_accum': 2}, one, tok_dir, data_file, plots=False)
     x, y = _read_metrics(one/'metrics.jsonl'), _read_metrics(run/'metrics.jsonl')
     assert [r['global_step'] for r in x] == [r['global_step'] for r in y] == list(range(1, 7))
     assert all(p['loss'] == pytest.approx(q['loss'], rel=1e-5) and p['grad_norm'] == pytest.approx(q['grad_norm'], rel=1e-5) for p, q in zip(x, y))
@@ -459,11 +463,11 @@ def test_optimizer_state_by_name_round_trip():
 def test_bf16_autocast_on_cpu(tmp_path, tok_dir, data_file):
     "mixed_precision='bf16' runs the loop under autocast (on CPU here; on a GPU 'auto' picks it)."
     from accelerate.state import AcceleratorState
-    cfg = {**SMALL, 'stages': SMALL['stages'][:1]}
+    cfg = {**SMALL, 'phases': SMALL['phases'][:1]}
     AcceleratorState._reset_state()          # accelerate keeps one mixed-precision setting per process
-    try: a = train_stage({**cfg, 'mixed_precision': 'bf16'}, tmp_path/'bf16', tok_dir, data_file, stop_after=2, plots=False)
+    try: a = train_run({**cfg, 'mixed_precision': 'bf16'}, tmp_path/'bf16', tok_dir, data_file, stop_after=2, plots=False)
     finally: AcceleratorState._reset_state()
-    b = train_stage(cfg, tmp_path/'fp32', tok_dir, data_file, stop_after=2, plots=False)
+    b = train_run(cfg, tmp_path/'fp32', tok_dir, data_file, stop_after=2, plots=False)
     la, lb = losses(tmp_path/'bf16'), losses(tmp_path/'fp32')
     assert a['status'] == 'stopped' and all(math.isfinite(r[1]) for r in la)
     assert la[0][1] != lb[0][1] and la[0][1] == pytest.approx(lb[0][1], rel=2e-2)     # bf16 rounding, same model
