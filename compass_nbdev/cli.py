@@ -205,6 +205,8 @@ def make_parser()->argparse.ArgumentParser:
             sp.add_argument('action', nargs='?', default='train', choices=('train', 'eval'),
                             help="train (default), or eval: bytes per token on NTREX against peer tokenizers")
             sp.add_argument('--peers', default=None, help="comma-separated peer names for eval (default: every installed one; 'none' for none)")
+        if name in ('run', 'train'):
+            sp.add_argument('--restart', action='store_true', help="train from step 0, deleting the run's checkpoints (after changing the config or tokenizer)")
     s = sub.add_parser('synth', help="write the embedded synthetic corpus as a data directory")
     s.add_argument('--out', required=True, help="folder to create (corpus/<lang>/synthetic_ecommerce.jsonl.gz)")
     s.add_argument('--n-per-lang', type=int, default=200, help="documents per language")
@@ -309,6 +311,7 @@ def main(argv:list[str]|None=None)->int:
         run_dir = a.run_dir or Path('runs')/cfg.name
         if a.cmd == 'tokenizer' and a.action == 'eval': return _tokenizer_eval(cfg, RunDir(run_dir), a.peers)
         stages = None if a.cmd == 'run' else [a.cmd]
+        if getattr(a, 'restart', False) and Path(run_dir).is_dir(): train.clear_checkpoints(run_dir)
         out = run_recipe(cfg, run_dir, stages)
         print(f"run folder: {run_dir}")
         for k,v in out.items(): print(f"{k}: {json.dumps(v, ensure_ascii=False, default=str)[:400]}")

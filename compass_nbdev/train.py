@@ -6,28 +6,33 @@ Docs: https://compass-nbdev.github.io/compass_nbdev/train.html.md"""
 
 # %% ../nbs/60_train.ipynb #4df61ab7
 from __future__ import annotations
-import os, io, json, math, time, signal, shutil, hashlib, random, resource, importlib.util
+import os, io, json, math, time, signal, shutil, socket, hashlib, random, resource, importlib.util
 from collections import defaultdict
 from contextlib import nullcontext, contextmanager
 from dataclasses import dataclass, field
 from itertools import chain
 from pathlib import Path
+from types import SimpleNamespace
+from fastcore.basics import patch
 import numpy as np
 import torch
 import torch.nn.functional as F
 import yaml
-from .core import (Config, ConfigError, setting, resolve_data_dir, CompassError, DataError, SYNTHETIC, LANGS, atomic_write, atomic_write_json,
-                   atomic_write_text, check_lang, get_logger)
+from .core import (Config, ConfigError, CompassError, DataError, SYNTHETIC, LANGS, setting, resolve_data_dir,
+                                atomic_write, atomic_write_json, atomic_write_text, atomic_dir, check_lang, get_logger)
 from .model import CompassConfig, CompassForCausalLM, model_stats, PRESETS as MODEL_PRESETS
 from .balance import load_stats
 
 # %% auto #0
-__all__ = ['log', 'SCHEDULES', 'TRAIN_PRESETS', 'PEAK_BF16_FLOPS', 'PhaseConfig', 'TrainConfig', 'train_config',
-           'load_train_config', 'lr_at', 'load_docs', 'split_heldout', 'PackedData', 'nll_windows', 'nll_sums',
-           'val_sums', 'val_bpb', 'CheckpointError', 'list_checkpoints', 'is_sharded', 'save_checkpoint',
-           'verify_checkpoint', 'load_checkpoint', 'expert_load_metrics', 'peak_flops', 'mfu', 'TrainingDiverged',
-           'load_tokenizer', 'make_accelerator', 'build_model', 'fsdp_plugin', 'fsdp_wrap', 'distributed_mode',
-           'divergence_report', 'run', 'measure_throughput', 'plot_metrics', 'plot_expert_load']
+__all__ = ['log', 'SCHEDULES', 'TRAIN_PRESETS', 'PEAK_BF16_FLOPS', 'LOSS_KEYS', 'RUN_ONLY_KEYS', 'PhaseConfig', 'TrainConfig',
+           'train_config', 'load_train_config', 'lr_at', 'load_docs', 'split_heldout', 'PackedData', 'nll_windows',
+           'nll_sums', 'val_sums', 'val_bpb', 'expert_load_metrics', 'peak_flops', 'mfu', 'Callback', 'BatchSource',
+           'IterBatches', 'Learner', 'ProgressCB', 'MetricsCB', 'FnCB', 'StopAfterCB', 'CheckpointError',
+           'list_checkpoints', 'is_sharded', 'save_checkpoint', 'safe_load', 'verify_checkpoint', 'load_checkpoint',
+           'CheckpointCB', 'PackedBatches', 'load_tokenizer', 'make_accelerator', 'build_model', 'tokenizer_hash',
+           'TrainingDiverged', 'divergence_report', 'DivergenceCB', 'InterruptCB', 'fsdp_plugin', 'fsdp_wrap',
+           'distributed_mode', 'run_lock', 'check_resumable', 'clear_checkpoints', 'run', 'measure_throughput',
+           'plot_metrics', 'plot_expert_load']
 
 # %% ../nbs/60_train.ipynb #f7e2b1fd
 log = get_logger('train')
@@ -93,23 +98,27 @@ class TrainConfig(Config):
             raise ConfigError("must be a non-empty list of phases", f"{pre}phases")
         return super().from_dict(d, where)
 
-    def validate(self):
-        if self.tensorboard and not any(importlib.util.find_spec(m) for m in ('tensorboard', 'tensorboardX')):
-            raise ConfigError("needs the tensorboard package (pip install tensorboard)", 'tensorboard')
-        names = [s.name for s in self.phases]
-        for i, n in enumerate(names):
-            if n in names[:i]: raise ConfigError(f"duplicate phase name {n!r}", f'phases[{i}].name')
-        try: self.model_config()
-        except ConfigError as e: raise ConfigError(e.msg, 'model' if e.where == 'preset' else f'model_overrides.{e.where}') from None
-        except TypeError as e: raise ConfigError(str(e), 'model_overrides') from None
+# %% ../nbs/60_train.ipynb #826e5d9f
+@patch
+def validate(self:TrainConfig):
+    "Checks across fields: tensorboard installed, phase names unique, the model preset and overrides valid."
+    if self.tensorboard and not any(importlib.util.find_spec(m) for m in ('tensorboard', 'tensorboardX')):
+        raise ConfigError("needs the tensorboard package (pip install tensorboard)", 'tensorboard')
+    names = [s.name for s in self.phases]
+    for i, n in enumerate(names):
+        if n in names[:i]: raise ConfigError(f"duplicate phase name {n!r}", f'phases[{i}].name')
+    try: self.model_config()
+    except ConfigError as e: raise ConfigError(e.msg, 'model' if e.where == 'preset' else f'model_overrides.{e.where}') from None
+    except TypeError as e: raise ConfigError(str(e), 'model_overrides') from None
 
-    def model_config(self, vocab_size:int|None=None)->CompassConfig:
-        "The model's config: preset + overrides, with room for the longest phase and `vocab_size` tokens."
-        kw = dict(self.model_overrides)
-        base = {**MODEL_PRESETS.get(self.model, {}), **kw}
-        kw['max_position_embeddings'] = max(base.get('max_position_embeddings', 2048), max(s.seq_len for s in self.phases) + 1)
-        if vocab_size is not None: kw['vocab_size'] = vocab_size
-        return CompassConfig.from_preset(self.model, **kw)
+@patch
+def model_config(self:TrainConfig, vocab_size:int|None=None)->CompassConfig:
+    "The model's config: preset + overrides, with room for the longest phase and `vocab_size` tokens."
+    kw = dict(self.model_overrides)
+    base = {**MODEL_PRESETS.get(self.model, {}), **kw}
+    kw['max_position_embeddings'] = max(base.get('max_position_embeddings', 2048), max(s.seq_len for s in self.phases) + 1)
+    if vocab_size is not None: kw['vocab_size'] = vocab_size
+    return CompassConfig.from_preset(self.model, **kw)
 
 # %% ../nbs/60_train.ipynb #de2d95e9
 _SEA_UP = {'id': 2.0, 'ms': 2.0, 'th': 2.0, 'vi': 2.0, 'tl': 2.0, 'pt': 1.5}
@@ -193,6 +202,7 @@ def load_docs(data=None, # None/'synthetic', a cleaned-data folder (…/data or 
     if not docs: raise DataError("no documents", src)
     return docs
 
+# %% ../nbs/60_train.ipynb #17532f05
 def split_heldout(docs:list[dict], # from `load_docs`
                   frac:float=0.05, # held-out share per language
                   max_docs:int=32, # at most this many held-out docs per language
@@ -229,37 +239,41 @@ class PackedData:
             self.streams.append(np.fromiter(chain.from_iterable(x + [eos] for x in ids), dtype=np.int64))
         self.n_tokens = np.array([len(s) for s in self.streams])
 
-    def weights(self, phase:PhaseConfig)->np.ndarray:
-        "Sampling probability of each cell in `phase`: token share × language and domain multipliers."
-        w = self.n_tokens * np.array([phase.mix.get(l, 1.0) * phase.domain_mix.get(d, 1.0) for l, d in self.cells])
-        if not w.sum() > 0: raise ConfigError("the mix gives every language/domain of the data weight 0", f'phases.{phase.name}.mix')
-        return w / w.sum()
+# %% ../nbs/60_train.ipynb #ba80c02d
+@patch
+def weights(self:PackedData, phase:PhaseConfig)->np.ndarray:
+    "Sampling probability of each cell in `phase`: token share × language and domain multipliers."
+    w = self.n_tokens * np.array([phase.mix.get(l, 1.0) * phase.domain_mix.get(d, 1.0) for l, d in self.cells])
+    if not w.sum() > 0: raise ConfigError("the mix gives every language/domain of the data weight 0", f'phases.{phase.name}.mix')
+    return w / w.sum()
 
-    def plan(self, phase:PhaseConfig, # the phase
-             n_blocks:int, # blocks to plan (steps × global batch)
-             seed:int, # run seed
-             phase_idx:int=0, # phase number (another plan per phase)
-            )->np.ndarray:
-        "(n_blocks, 2) array of (cell, block index): which block fills each position."
-        rng = np.random.default_rng([seed, phase_idx, phase.seq_len])
-        cell = rng.choice(len(self.cells), size=n_blocks, p=self.weights(phase))
-        out = np.zeros((n_blocks, 2), np.int64); out[:, 0] = cell
-        for c in np.unique(cell):
-            pos = np.flatnonzero(cell == c)
-            nb = max(1, len(self.streams[c]) // phase.seq_len)
-            order = np.concatenate([rng.permutation(nb) for _ in range(-(-len(pos) // nb))])
-            out[pos, 1] = order[:len(pos)]
-        return out
+@patch
+def plan(self:PackedData, phase:PhaseConfig, # the phase
+         n_blocks:int, # blocks to plan (steps × global batch)
+         seed:int, # run seed
+         phase_idx:int=0, # phase number (another plan per phase)
+        )->np.ndarray:
+    "(n_blocks, 2) array of (cell, block index): which block fills each position."
+    rng = np.random.default_rng([seed, phase_idx, phase.seq_len])
+    cell = rng.choice(len(self.cells), size=n_blocks, p=self.weights(phase))
+    out = np.zeros((n_blocks, 2), np.int64); out[:, 0] = cell
+    for c in np.unique(cell):
+        pos = np.flatnonzero(cell == c)
+        nb = max(1, len(self.streams[c]) // phase.seq_len)
+        order = np.concatenate([rng.permutation(nb) for _ in range(-(-len(pos) // nb))])
+        out[pos, 1] = order[:len(pos)]
+    return out
 
-    def batch(self, plan_rows:np.ndarray, # rows of a plan
-              seq_len:int)->torch.Tensor:
-        "(len(rows), seq_len) token ids."
-        out = np.empty((len(plan_rows), seq_len), np.int64)
-        for i, (c, b) in enumerate(plan_rows):
-            s = self.streams[c]
-            if len(s) < seq_len: s = np.tile(s, -(-seq_len // len(s)))
-            out[i] = s[b * seq_len:(b + 1) * seq_len]
-        return torch.from_numpy(out)
+@patch
+def batch(self:PackedData, plan_rows:np.ndarray, # rows of a plan
+          seq_len:int)->torch.Tensor:
+    "(len(rows), seq_len) token ids."
+    out = np.empty((len(plan_rows), seq_len), np.int64)
+    for i, (c, b) in enumerate(plan_rows):
+        s = self.streams[c]
+        if len(s) < seq_len: s = np.tile(s, -(-seq_len // len(s)))
+        out[i] = s[b * seq_len:(b + 1) * seq_len]
+    return torch.from_numpy(out)
 
 # %% ../nbs/60_train.ipynb #039e8b6c
 def _dist()->tuple[int, int]:
@@ -343,6 +357,251 @@ def val_bpb(model, # a causal LM returning `.logits` (with several processes: ev
     if world > 1: s = s.to(dev); dist.all_reduce(s); s = s.cpu()
     return {l: float(s[0, i] / s[1, i]) for i, l in enumerate(texts)}
 
+# %% ../nbs/60_train.ipynb #e857d32f
+def expert_load_metrics(expert_load:torch.Tensor, # (moe_layers, experts) token counts
+                       )->dict:
+    "Per-layer max/mean and coefficient of variation of expert load (`balance.load_stats`), as JSON-ready lists."
+    s = load_stats(expert_load)
+    return {'load_max_mean': [round(float(x), 4) for x in s['max_over_mean']], 'load_cv': [round(float(x), 4) for x in s['cv']]}
+
+
+
+# %% ../nbs/60_train.ipynb #7f55a4b3
+PEAK_BF16_FLOPS = {'H100 PCIe': 756e12, 'H100 NVL': 835e12, 'H100': 989e12, 'H200': 989e12, 'B200': 2250e12,
+                   'A100': 312e12, 'L40S': 362e12, 'L4': 121e12, 'A10': 125e12, '4090': 165e12}  # dense, by name (first match)
+
+def peak_flops(device=None, # a torch device (CPU: None unless COMPASS_PEAK_FLOPS is set)
+              )->float|None:
+    "Dense bf16 peak FLOP/s of a GPU from its name; env `COMPASS_PEAK_FLOPS` overrides; None when unknown."
+    if os.environ.get('COMPASS_PEAK_FLOPS'): return float(os.environ['COMPASS_PEAK_FLOPS'])
+    dev = torch.device(device) if device is not None else torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    if dev.type != 'cuda': return None
+    n = torch.cuda.get_device_name(dev)
+    return next((v for k, v in PEAK_BF16_FLOPS.items() if k in n), None)
+
+def mfu(flops_per_token:float, # from `model_stats(...)['train_flops_per_token']`
+        tokens_per_s:float, # trained tokens per second, all processes together
+        n_devices:int=1, # GPUs the tokens were spread over
+        peak:float|None=None, # peak FLOP/s of one device (default: `peak_flops()`)
+       )->float|None:
+    "Model FLOPs utilization, between 0 and 1 (None when the peak is unknown, e.g. on a CPU)."
+    peak = peak or peak_flops()
+    return None if not peak else flops_per_token * tokens_per_s / (peak * n_devices)
+
+# %% ../nbs/60_train.ipynb #a0f3c001
+class Callback:
+    "Base of the loop's callbacks: the `Learner` calls each event method a callback defines, lowest `order` first."
+    order = 0
+
+class BatchSource:
+    "What the loop trains on: `batch(phase, step, micro)` gives the keyword arguments of one forward pass."
+    def batch(self, phase:int, step:int, micro:int)->dict: raise NotImplementedError
+    def state_dict(self)->dict: return {}             # its position, saved in checkpoints (none: addressed by step)
+    def load_state_dict(self, state:dict): pass
+
+# %% ../nbs/60_train.ipynb #a0f3c003
+class IterBatches(BatchSource):
+    "Batches read in order from `make_iter(epoch)` (a new epoch when one runs out); the position is (epoch, batches read)."
+    def __init__(self, make_iter): self.make_iter, self.epoch, self.read, self.it = make_iter, 0, 0, None
+    def batch(self, phase, step, micro):
+        if self.it is None: self.it = iter(self.make_iter(self.epoch))
+        try: b = next(self.it)
+        except StopIteration:
+            self.epoch, self.read, self.it = self.epoch + 1, 0, iter(self.make_iter(self.epoch + 1))
+            b = next(self.it)
+        self.read += 1
+        return b
+    def state_dict(self): return {'epoch': self.epoch, 'read': self.read}
+    def load_state_dict(self, state:dict):
+        self.epoch, self.read = state.get('epoch', 0), 0
+        self.it = iter(self.make_iter(self.epoch))
+        for _ in range(state.get('read', 0)): next(self.it); self.read += 1
+
+# %% ../nbs/60_train.ipynb #a0f3c006
+LOSS_KEYS = ('loss', 'lm_loss', 'aux_loss', 'z_loss')  # output fields averaged over micro-steps and reported
+
+class Learner:
+    "One training loop: phases of optimizer steps over a batch source; every other concern is a `Callback`."
+    def __init__(self, model, # the model (as `accelerator.prepare` returned it, or a plain one on one device)
+                 opt, # its optimizer; each step sets the learning rate from the phase's schedule (`lr_at`)
+                 batches:BatchSource, # what to train on
+                 phases:list[PhaseConfig], # steps and schedule of each phase (and an optional RoPE base)
+                 grad_accum:int=1, # micro-steps per optimizer step
+                 grad_clip:float=0.0, # max global gradient norm; 0: no clipping
+                 loss_fn=None, # loss_fn(model, batch) -> output with `.loss`; default `model(**batch)`
+                 cbs:list=(), # callbacks
+                 accelerator=None, # an `Accelerator`; default: a plain one
+                ):
+        from accelerate import Accelerator
+        self.model, self.opt, self.batches, self.phases = model, opt, batches, list(phases)
+        self.grad_accum, self.grad_clip, self.loss_fn = grad_accum, grad_clip, loss_fn or (lambda m, b: m(**b))
+        self.acc = accelerator or Accelerator(cpu=not torch.cuda.is_available())
+        self.raw, self.world = self.acc.unwrap_model(model), self.acc.num_processes
+        self.cbs = sorted(cbs, key=lambda c: c.order)
+        self.start = dict(phase=0, step=0, global_step=0, tokens=0)   # a resuming callback moves it
+        self.stop, self.stop_requested = None, False
+
+    def cb(self, event:str):
+        "Run `event` on every callback that defines it."
+        for c in self.cbs:
+            if hasattr(c, event): getattr(c, event)(self)
+
+# %% ../nbs/60_train.ipynb #a0f3c008
+@patch
+def fit(self:Learner)->str:
+    "Run every phase from `self.start`; returns 'done' or the reason a callback stopped it."
+    self.cb('resume')
+    self.global_step, self.tokens, self.end_phase = self.start['global_step'], self.start['tokens'], False
+    try:
+        self.cb('before_fit')
+        for self.pi, self.phase in enumerate(self.phases):
+            if self.pi < self.start['phase']: continue
+            theta = next((p.rope_theta for p in self.phases[self.pi::-1] if p.rope_theta is not None), None)
+            if theta is not None: self.raw.config.rope_theta = theta
+            self.cb('before_phase')
+            for self.step in range(self.start['step'] if self.pi == self.start['phase'] else 0, self.phase.steps):
+                self.one_step()
+                self.end_phase = self.step + 1 == self.phase.steps
+                self.cb('after_step')
+                if self.stop: return self.stop
+        return 'done'
+    finally: self.cb('after_fit')
+
+# %% ../nbs/60_train.ipynb #a0f3c010
+def _full(t):
+    "A DTensor's full value (a collective), or `t` itself."
+    return t.full_tensor() if hasattr(t, 'full_tensor') else t
+
+@contextmanager
+def _no_sync(acc, model):
+    "Skip the gradient reduction of a micro-step (DDP: `no_sync`; FSDP2: `set_requires_gradient_sync(False)`)."
+    if not is_sharded(model):
+        with acc.no_sync(model): yield
+        return
+    model.set_requires_gradient_sync(False)
+    try: yield
+    finally: model.set_requires_gradient_sync(True)
+
+@patch
+def micro_step(self:Learner, a:int)->torch.Tensor:
+    "Forward and backward of micro-step `a`; returns the detached loss terms (divided by `grad_accum`)."
+    acc, b = self.acc, self.batches.batch(self.pi, self.step, a)
+    b = {k: v.to(acc.device) if torch.is_tensor(v) else v for k, v in b.items()}
+    if torch.is_tensor(b.get('input_ids')): self.step_tokens += b['input_ids'].numel() * self.world
+    sync = _no_sync(acc, self.model) if (a < self.grad_accum - 1 and self.world > 1) else nullcontext()
+    with sync, acc.autocast():
+        out = self.loss_fn(self.model, b)
+    out = SimpleNamespace(loss=out) if torch.is_tensor(out) else out
+    acc.backward(out.loss / self.grad_accum)
+    self.keys = [k for k in LOSS_KEYS if getattr(out, k, None) is not None]
+    load = getattr(out, 'expert_load', None)
+    if load is not None: self.load = load if self.load is None else self.load + load
+    return torch.stack([getattr(out, k) for k in self.keys]).detach().float() / self.grad_accum
+
+# %% ../nbs/60_train.ipynb #a0f3c011
+@patch
+def one_step(self:Learner):
+    "Set the lr, run the micro-steps, agree on losses and the stop flag across processes, then step the optimizer."
+    acc, world = self.acc, self.world
+    self.lr = lr_at(self.phase, self.step)
+    for g in self.opt.param_groups: g['lr'] = self.lr
+    self.load, self.step_tokens, sums = None, 0, None
+    for a in range(self.grad_accum):
+        t = self.micro_step(a)
+        if sums is None: sums = torch.zeros(len(t) + 1, device=t.device)
+        sums[:-1] += t
+    if self.grad_clip > 0: gn = acc.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+    else: gn = torch.nn.utils.get_total_norm([p.grad for p in self.model.parameters() if p.grad is not None])
+    sums[-1] = float(self.stop_requested)
+    red = acc.reduce(sums, 'sum') if world > 1 else sums
+    self.losses = {k: float(v) / world for k, v in zip(self.keys, red[:-1])}
+    self.grad_norm = float(_full(gn))                                  # FSDP: the norm of the sharded gradients
+    self.cb('after_backward')
+    self.opt.step(); self.opt.zero_grad(set_to_none=True)
+    if hasattr(self.raw, 'balance_step'): self.raw.balance_step()     # the MoE's aux-loss-free bias, when used
+    self.global_step += 1; self.tokens += self.step_tokens
+    if world > 1 and bool(red[-1] > 0): self.stop = 'interrupted'      # a Ctrl-C on any process (see `InterruptCB`)
+
+# %% ../nbs/60_train.ipynb #a0f3c021
+def _read_metrics(path:Path)->list[dict]:
+    if not path.is_file(): return []
+    out = []
+    for line in path.read_text().splitlines():
+        try: out.append(json.loads(line))
+        except json.JSONDecodeError: pass              # a line cut by a kill
+    return out
+
+class ProgressCB(Callback):
+    "A tqdm bar over every optimizer step (main process only; off when `TQDM_DISABLE` is set)."
+    def before_fit(self, l):
+        from tqdm.auto import tqdm
+        self.bar = tqdm(total=sum(p.steps for p in l.phases), initial=l.global_step, desc='train', dynamic_ncols=True,
+                        disable=not l.acc.is_main_process or bool(os.environ.get('TQDM_DISABLE')))
+    def after_step(self, l):
+        self.bar.update(1); self.bar.set_postfix(phase=l.phase.name, loss=f"{l.losses['loss']:.3f}", lr=f'{l.lr:.2e}')
+    def after_fit(self, l):
+        if hasattr(self, 'bar'): self.bar.close()
+
+# %% ../nbs/60_train.ipynb #a0f3c022
+class MetricsCB(Callback):
+    "One JSON line in `path` every `log_every` steps and at each phase end; `val_fn(model, phase)` adds validation."
+    def __init__(self, path:str|Path, log_every:int=10, eval_every:int=0, val_fn=None, tensorboard:bool=False):
+        self.path, self.log_every, self.eval_every, self.val_fn, self.tb = Path(path), log_every, eval_every, val_fn, tensorboard
+        self.last_val, self.file = {}, None
+    def before_fit(self, l):
+        if l.acc.is_main_process:
+            g = l.start['global_step']
+            keep = [r for r in _read_metrics(self.path) if r.get('global_step', 0) <= g] if g else []
+            atomic_write_text(self.path, ''.join(json.dumps(r) + '\n' for r in keep))
+            self.file = open(self.path, 'a')
+        self.peak = peak_flops(l.acc.device)
+        if self.tb: l.acc.init_trackers('train')
+    def before_phase(self, l):
+        self.flops_tok = model_stats(l.raw.config, l.phase.seq_len)['train_flops_per_token'] if self.peak else None
+        self.t, self.tok = time.perf_counter(), 0
+    def after_fit(self, l):
+        if self.file: self.file.close()
+
+# %% ../nbs/60_train.ipynb #a0f3c023
+@patch
+def after_step(self:MetricsCB, l):
+    self.tok += l.step_tokens
+    if not (l.global_step % self.log_every == 0 or l.end_phase): return
+    dt = max(time.perf_counter() - self.t, 1e-9)
+    r = dict(global_step=l.global_step, phase=l.phase.name, step=l.step + 1, tokens=l.tokens, **l.losses, lr=l.lr,
+             grad_norm=l.grad_norm, tokens_per_s=round(self.tok / dt, 1))
+    if self.peak: r['mfu'] = round(mfu(self.flops_tok, self.tok / dt, l.world, self.peak), 4)
+    if l.load is not None: r.update(expert_load_metrics(l.acc.reduce(l.load, 'sum') if l.world > 1 else l.load))
+    if self.val_fn is not None and ((self.eval_every and l.global_step % self.eval_every == 0) or l.end_phase):
+        self.last_val = self.val_fn(l.raw, l.phase)
+        r['val_bpb'] = {k: round(v, 5) for k, v in self.last_val.items()}
+        r['val_bpb_mean'] = round(float(np.mean(list(self.last_val.values()))), 5) if self.last_val else None
+    self.record(l, r); self.t, self.tok = time.perf_counter(), 0
+
+@patch
+def record(self:MetricsCB, l, r:dict):
+    "Write one metric line (main process), and to TensorBoard when asked."
+    if self.file: self.file.write(json.dumps(r) + '\n'); self.file.flush()
+    if self.tb:
+        flat = {**r, **{f'val_bpb/{k}': v for k, v in (r.get('val_bpb') or {}).items()},
+                **{f'load_max_mean/layer{i}': v for i, v in enumerate(r.get('load_max_mean', []))}}
+        l.acc.log({k: v for k, v in flat.items() if isinstance(v, (int, float)) and k != 'global_step'}, step=r['global_step'])
+
+# %% ../nbs/60_train.ipynb #a0f3c025
+class FnCB(Callback):
+    "Call `fn(info, model)` after every optimizer step."
+    order = 1
+    def __init__(self, fn): self.fn = fn
+    def after_step(self, l):
+        self.fn(dict(global_step=l.global_step, phase=l.phase.name, step=l.step + 1, loss=l.losses['loss']), l.raw)
+
+class StopAfterCB(Callback):
+    "Stop after global step `n`."
+    order = 2
+    def __init__(self, n:int): self.n = n
+    def after_step(self, l):
+        if l.global_step >= self.n: l.stop = l.stop or 'stopped'
+
 # %% ../nbs/60_train.ipynb #333ffb31
 class CheckpointError(CompassError):
     "A checkpoint is missing, incomplete, truncated or corrupt."
@@ -361,11 +620,15 @@ def _fsync(p:Path):
     finally: os.close(fd)
 
 def _rng_state()->dict:
-    return dict(python=random.getstate(), numpy=np.random.get_state(), torch=torch.get_rng_state(),
-                cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
+    "Every RNG state as tensors, numbers and strings only, so that `torch.load(weights_only=True)` reads it back."
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    return dict(python=random.getstate(), numpy=[name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
+                torch=torch.get_rng_state(), cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
 
 def _set_rng_state(s:dict):
-    random.setstate(s['python']); np.random.set_state(s['numpy']); torch.set_rng_state(s['torch'])
+    n = s['numpy']
+    random.setstate(s['python']); torch.set_rng_state(s['torch'])
+    np.random.set_state(n if isinstance(n[1], np.ndarray) else (n[0], n[1].numpy().astype(np.uint32), *n[2:]))
     if s.get('cuda') is not None and torch.cuda.is_available(): torch.cuda.set_rng_state_all(s['cuda'])
 
 def list_checkpoints(ckpt_dir:str|Path)->list[tuple[int, Path]]:
@@ -382,16 +645,13 @@ def is_sharded(model)->bool:
     except ImportError: return False
     return isinstance(model, FSDPModule)
 
-def _full(t):
-    "A DTensor's full value (a collective), or `t` itself."
-    return t.full_tensor() if hasattr(t, 'full_tensor') else t
-
 def _aliases(model)->list[list[str]]:
     "Groups of parameter names that share one tensor (tied weights), each sorted."
     by = defaultdict(list)
     for n, p in model.named_parameters(remove_duplicate=False): by[id(p)].append(n)
     return [sorted(v) for v in by.values() if len(v) > 1]
 
+# %% ../nbs/60_train.ipynb #662d0684
 def _gather_full(model, optimizer=None)->tuple[dict, dict|None]:
     "Full model and optimizer state dicts of an FSDP model on rank 0, on the CPU (every rank must call; others get {})."
     from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict, StateDictOptions
@@ -465,6 +725,22 @@ def save_checkpoint(ckpt_dir:str|Path, # e.g. run_dir/'checkpoints'
     wait()
     return final
 
+# %% ../nbs/60_train.ipynb #a0f3c031
+def _numpy_array_globals()->list:
+    core = getattr(np, '_core', None) or np.core
+    return [core.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+
+def safe_load(f:str|Path)->object:
+    "`torch.load(f, weights_only=True)`; a file holding anything but tensors, numbers and containers raises `CheckpointError`."
+    import pickle
+    try: return torch.load(f, weights_only=True)
+    except pickle.UnpicklingError: pass
+    try:
+        with torch.serialization.safe_globals(_numpy_array_globals()): return torch.load(f, weights_only=True)
+    except pickle.UnpicklingError as e: why = str(e).split('\n')[-1].strip()[:200]
+    raise CheckpointError(f"refused to load: it holds Python objects, not only tensors and numbers ({why}). A checkpoint "
+                          "written by compass never does; delete this checkpoint folder (or resume from another one)", str(f))
+
 # %% ../nbs/60_train.ipynb #c6d5a95c
 def verify_checkpoint(path:str|Path)->dict:
     "Check a checkpoint folder against its manifest; raise `CheckpointError` naming the bad file. Returns the manifest."
@@ -486,6 +762,7 @@ def verify_checkpoint(path:str|Path)->dict:
                                   "to resume from an earlier one", str(f))
     return man
 
+# %% ../nbs/60_train.ipynb #c6d5a95d
 def load_checkpoint(path:str|Path, # a `step_N` folder
                     model, # the unwrapped model to load into
                     optimizer=None, # and its optimizer
@@ -494,7 +771,7 @@ def load_checkpoint(path:str|Path, # a `step_N` folder
     "Verify, then restore model, optimizer and RNG state (into a plain or an FSDP-sharded model); returns the training state."
     from safetensors.torch import load_model, load_file
     p = Path(path); verify_checkpoint(p)
-    osd = torch.load(p/'optimizer.pt', weights_only=False) if optimizer is not None else None
+    osd = safe_load(p/'optimizer.pt') if optimizer is not None else None
     named = osd is not None and any(isinstance(k, str) for k in osd['state'])   # saved from an FSDP run
     if is_sharded(model):
         from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict, StateDictOptions
@@ -511,46 +788,52 @@ def load_checkpoint(path:str|Path, # a `step_N` folder
         if osd is not None: optimizer.load_state_dict(_optim_by_index(osd, _optim_names(model, optimizer)) if named else osd)
     rf = p/f'rng_{rank}.pt'
     if not rf.is_file(): log.warning("%s: no RNG state for rank %d; using rank 0's", p, rank); rf = p/'rng_0.pt'
-    _set_rng_state(torch.load(rf, weights_only=False))
+    _set_rng_state(safe_load(rf))
     st = json.loads((p/'state.json').read_text())
     if 'stage' in st: st['phase'], st['phase_name'] = st.pop('stage'), st.pop('stage_name', None)   # saved before phases had their name
     return st
 
-# %% ../nbs/60_train.ipynb #e857d32f
-def expert_load_metrics(expert_load:torch.Tensor, # (moe_layers, experts) token counts
-                       )->dict:
-    "Per-layer max/mean and coefficient of variation of expert load (`balance.load_stats`), as JSON-ready lists."
-    s = load_stats(expert_load)
-    return {'load_max_mean': [round(float(x), 4) for x in s['max_over_mean']], 'load_cv': [round(float(x), 4) for x in s['cv']]}
+# %% ../nbs/60_train.ipynb #a0f3c041
+class CheckpointCB(Callback):
+    "Save `ckpt_dir/step_N` every `every` steps, at each phase end and on stopping; resume from the latest (or a given) one."
+    order = 10
+    def __init__(self, ckpt_dir:str|Path, every:int=50, keep_last:int|None=3,
+                 resume:bool|str|Path=True, # True: the latest checkpoint if any; a path: that one; False: none
+                 config:dict|None=None, # saved beside (train_config.yaml)
+                 meta:dict|None=None, # more JSON-able facts for state.json (e.g. the tokenizer's hash)
+                ):
+        self.dir, self.every, self.keep_last, self.config, self.meta = Path(ckpt_dir), every, keep_last, config, meta or {}
+        self.resume_from = resume
+    def resume(self, l):
+        r = self.resume_from
+        ck = Path(r) if not isinstance(r, bool) else list_checkpoints(self.dir)[-1][1] if r and list_checkpoints(self.dir) else None
+        if ck is None: return
+        l.start = load_checkpoint(ck, l.raw, l.opt, l.acc.process_index)
+        l.batches.load_state_dict(l.start.get('batches', {}))
+        if l.acc.is_main_process: log.info("resuming from %s (phase %d, step %d)", ck, l.start['phase'], l.start['step'])
+    def after_step(self, l):
+        if l.global_step % self.every == 0 or l.end_phase or l.stop: self.save(l)
+    def save(self, l):
+        pi, step = (l.pi + 1, 0) if l.end_phase else (l.pi, l.step + 1)
+        state = dict(phase=pi, phase_name=l.phases[pi].name if pi < len(l.phases) else None, step=step,
+                     global_step=l.global_step, tokens=l.tokens, data_position=step, batches=l.batches.state_dict(), **self.meta)
+        save_checkpoint(self.dir, l.global_step, l.raw, l.opt, state, self.config, l.acc, self.keep_last)
 
-
-
-# %% ../nbs/60_train.ipynb #7f55a4b3
-PEAK_BF16_FLOPS = {'H100 PCIe': 756e12, 'H100 NVL': 835e12, 'H100': 989e12, 'H200': 989e12, 'B200': 2250e12,
-                   'A100': 312e12, 'L40S': 362e12, 'L4': 121e12, 'A10': 125e12, '4090': 165e12}  # dense, by name (first match)
-
-def peak_flops(device=None, # a torch device (CPU: None unless COMPASS_PEAK_FLOPS is set)
-              )->float|None:
-    "Dense bf16 peak FLOP/s of a GPU from its name; env `COMPASS_PEAK_FLOPS` overrides; None when unknown."
-    if os.environ.get('COMPASS_PEAK_FLOPS'): return float(os.environ['COMPASS_PEAK_FLOPS'])
-    dev = torch.device(device) if device is not None else torch.device('cuda' if torch.cuda.is_available() else 'cpu')
-    if dev.type != 'cuda': return None
-    n = torch.cuda.get_device_name(dev)
-    return next((v for k, v in PEAK_BF16_FLOPS.items() if k in n), None)
-
-def mfu(flops_per_token:float, # from `model_stats(...)['train_flops_per_token']`
-        tokens_per_s:float, # trained tokens per second, all processes together
-        n_devices:int=1, # GPUs the tokens were spread over
-        peak:float|None=None, # peak FLOP/s of one device (default: `peak_flops()`)
-       )->float|None:
-    "Model FLOPs utilization, between 0 and 1 (None when the peak is unknown, e.g. on a CPU)."
-    peak = peak or peak_flops()
-    return None if not peak else flops_per_token * tokens_per_s / (peak * n_devices)
+# %% ../nbs/60_train.ipynb #a0f3c051
+class PackedBatches(BatchSource):
+    "Blocks of `PackedData` by (phase, step, micro-step, process), from each phase's plan; `labels` = `input_ids`."
+    def __init__(self, packed:PackedData, phases:list[PhaseConfig], seed:int, micro_batch_size:int,
+                 grad_accum:int=1, world:int=1, rank:int=0):
+        self.packed, self.phases, self.seed, self.mb, self.rank = packed, phases, seed, micro_batch_size, rank
+        self.world, self.G, self.plan = world, micro_batch_size * grad_accum * world, {}
+    def batch(self, phase, step, micro):
+        p = self.phases[phase]
+        if phase not in self.plan: self.plan = {phase: self.packed.plan(p, p.steps * self.G, self.seed, phase)}
+        i = step * self.G + (micro * self.world + self.rank) * self.mb
+        x = self.packed.batch(self.plan[phase][i:i + self.mb], p.seq_len)
+        return {'input_ids': x, 'labels': x}
 
 # %% ../nbs/60_train.ipynb #592bedc4
-class TrainingDiverged(CompassError):
-    "The loss or gradient became NaN/inf."
-
 def load_tokenizer(tokenizer)->'PreTrainedTokenizerFast':
     "A tokenizer object, or one loaded from a folder (AutoTokenizer)."
     if isinstance(tokenizer, (str, Path)):
@@ -579,6 +862,68 @@ def _optimizer(model, cfg:TrainConfig, fused:bool):
     rest = [p for n, p in model.named_parameters() if p.requires_grad and not (p.ndim >= 2 and 'embed' not in n)]
     return torch.optim.AdamW([{'params': decay, 'weight_decay': cfg.weight_decay}, {'params': rest, 'weight_decay': 0.0}],
                              lr=cfg.phases[0].lr, betas=(cfg.beta1, cfg.beta2), fused=fused or None)
+
+# %% ../nbs/60_train.ipynb #a0f3c054
+def tokenizer_hash(tok)->str:
+    "SHA-256 of the tokenizer's whole definition (vocabulary, merges, special tokens)."
+    s = tok.backend_tokenizer.to_str() if hasattr(tok, 'backend_tokenizer') else json.dumps(tok.get_vocab(), sort_keys=True)
+    return hashlib.sha256(s.encode()).hexdigest()
+
+# %% ../nbs/60_train.ipynb #a0f3c060
+class TrainingDiverged(CompassError):
+    "The loss or gradient became NaN/inf."
+
+# %% ../nbs/60_train.ipynb #ed683341
+@torch.no_grad()
+def divergence_report(model, step:int, losses:dict, expert_load=None)->dict:
+    "Layer-by-layer statistics of weights and gradients at a NaN/inf step."
+    layers = defaultdict(lambda: dict(max_abs_weight=0.0, grad_norm=0.0, nonfinite_weights=0, nonfinite_grads=0))
+    for n, p in model.named_parameters():
+        parts = n.split('.')
+        key = '.'.join(parts[:3]) if 'layers' in parts else parts[-2] if len(parts) > 1 else n
+        r = layers[key]
+        w, g = _full(p.detach()), (_full(p.grad) if p.grad is not None else None)     # FSDP: gather each shard
+        r['max_abs_weight'] = max(r['max_abs_weight'], float(w.abs().nan_to_num(posinf=0, neginf=0).max()))
+        r['nonfinite_weights'] += int((~torch.isfinite(w)).sum())
+        if g is not None:
+            r['nonfinite_grads'] += int((~torch.isfinite(g)).sum())
+            r['grad_norm'] = math.hypot(r['grad_norm'], float(g.nan_to_num().norm()))
+    return {'step': step, 'losses': losses, 'layers': dict(layers),
+            'expert_load': None if expert_load is None else expert_load.tolist()}
+
+# %% ../nbs/60_train.ipynb #a0f3c061
+class DivergenceCB(Callback):
+    "Stop before a non-finite loss or gradient is applied: write `divergence.json` and raise `TrainingDiverged`."
+    def __init__(self, run_dir:str|Path): self.run_dir = Path(run_dir)
+    def after_backward(self, l):
+        if math.isfinite(l.losses['loss']) and math.isfinite(l.grad_norm): return
+        losses = {**l.losses, 'grad_norm': l.grad_norm}
+        rep = divergence_report(l.raw, l.global_step + 1, losses, l.load)
+        if l.acc.is_main_process: atomic_write_json(self.run_dir/'divergence.json', rep)
+        good = list_checkpoints(self.run_dir/'checkpoints')
+        badw = [k for k, v in rep['layers'].items() if v['nonfinite_weights']]
+        badg = [k for k, v in rep['layers'].items() if v['nonfinite_grads']]
+        raise TrainingDiverged(f"non-finite loss/grad at step {l.global_step + 1} (phase {l.phase.name!r}): {losses}; "
+                               f"NaN/inf weights in {badw[:8]}, gradients in {len(badg)} layers; last good checkpoint: "
+                               f"{good[-1][1] if good else 'none'}; details in {self.run_dir/'divergence.json'}",
+                               f'{self.run_dir}/metrics.jsonl')
+
+# %% ../nbs/60_train.ipynb #7a9c4e2f
+class InterruptCB(Callback):
+    "The first SIGINT asks the loop to stop after this step (with a checkpoint); the second one interrupts at once."
+    order = 5                                        # after the step's other callbacks, before the checkpoint
+    def before_fit(self, l):
+        self.l = l
+        try: self.old = signal.signal(signal.SIGINT, self.handle)
+        except ValueError: self.old = None           # not the main thread: leave SIGINT alone
+    def handle(self, sig, frame):
+        if self.l.stop_requested: raise KeyboardInterrupt
+        self.l.stop_requested = True
+        log.warning("Ctrl-C: saving a checkpoint after this step (press again to abort without saving)")
+    def after_step(self, l):                         # several processes: `one_step` agreed through the all-reduce
+        if l.world == 1 and l.stop_requested: l.stop = 'interrupted'
+    def after_fit(self, l):
+        if getattr(self, 'old', None) is not None: signal.signal(signal.SIGINT, self.old)
 
 # %% ../nbs/60_train.ipynb #c23e4081
 def fsdp_plugin(**kw):
@@ -617,67 +962,70 @@ def distributed_mode(cfg:TrainConfig, acc)->str:
     env_fsdp = os.environ.get('ACCELERATE_USE_FSDP', '').lower() == 'true'     # accelerate's FSDP config on CPU processes
     return 'fsdp-own' if cfg.distributed == 'fsdp' or (cfg.distributed == 'auto' and env_fsdp) else 'ddp'
 
-# %% ../nbs/60_train.ipynb #ed683341
-@torch.no_grad()
-def divergence_report(model, step:int, losses:dict, expert_load=None)->dict:
-    "Layer-by-layer statistics of weights and gradients at a NaN/inf step."
-    layers = defaultdict(lambda: dict(max_abs_weight=0.0, grad_norm=0.0, nonfinite_weights=0, nonfinite_grads=0))
-    for n, p in model.named_parameters():
-        parts = n.split('.')
-        key = '.'.join(parts[:3]) if 'layers' in parts else parts[-2] if len(parts) > 1 else n
-        r = layers[key]
-        w, g = _full(p.detach()), (_full(p.grad) if p.grad is not None else None)     # FSDP: gather each shard
-        r['max_abs_weight'] = max(r['max_abs_weight'], float(w.abs().nan_to_num(posinf=0, neginf=0).max()))
-        r['nonfinite_weights'] += int((~torch.isfinite(w)).sum())
-        if g is not None:
-            r['nonfinite_grads'] += int((~torch.isfinite(g)).sum())
-            r['grad_norm'] = math.hypot(r['grad_norm'], float(g.nan_to_num().norm()))
-    return {'step': step, 'losses': losses, 'layers': dict(layers),
-            'expert_load': None if expert_load is None else expert_load.tolist()}
+# %% ../nbs/60_train.ipynb #a0f3c071
+def _lock_alive(owner:str)->bool:
+    "Is the process named `pid@host` in a lock file still running? (Another host's process counts as alive.)"
+    pid, _, host = owner.partition('@')
+    if not pid.isdigit(): return False
+    if host and host != socket.gethostname(): return True
+    try: os.kill(int(pid), 0)
+    except ProcessLookupError: return False
+    except PermissionError: return True
+    return True
 
-# %% ../nbs/60_train.ipynb #7a9c4e2f
-class _StopFlag:
-    "Turn the first SIGINT into a flag the loop checks between steps (the second one interrupts at once)."
-    def __init__(self): self.hit, self._old = False, None
-    def __enter__(self):
-        try: self._old = signal.signal(signal.SIGINT, self._handle)
-        except ValueError: self._old = None          # not the main thread: leave SIGINT alone
-        return self
-    def _handle(self, sig, frame):
-        if self.hit: raise KeyboardInterrupt
-        self.hit = True
-        log.warning("Ctrl-C: saving a checkpoint after this step (press again to abort without saving)")
-    def __exit__(self, *a):
-        if self._old is not None: signal.signal(signal.SIGINT, self._old)
+@contextmanager
+def run_lock(run_dir:str|Path, # the run folder to own while the block runs
+            ):
+    "Hold `run_dir/.lock` (our `pid@host`); refuse a folder whose lock holder is alive, take over a stale lock."
+    p = Path(run_dir)/'.lock'
+    for _ in range(3):
+        try: fd = os.open(p, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644); break
+        except FileExistsError:
+            try: owner = p.read_text().strip()
+            except FileNotFoundError: continue
+            if _lock_alive(owner):
+                raise CompassError(f"the run folder is in use by process {owner} (lock file {p}); wait for it to finish, "
+                                   "or use another run folder", str(run_dir)) from None
+            log.warning("%s: taking over a stale lock left by process %s", p, owner or '?'); p.unlink(missing_ok=True)
+    else: raise CompassError(f"could not take the lock {p}", str(run_dir))
+    with os.fdopen(fd, 'w') as f: f.write(f"{os.getpid()}@{socket.gethostname()}")
+    try: yield p
+    finally: p.unlink(missing_ok=True)
 
-def _read_metrics(path:Path)->list[dict]:
-    if not path.is_file(): return []
-    out = []
-    for line in path.read_text().splitlines():
-        try: out.append(json.loads(line))
-        except json.JSONDecodeError: pass              # a line cut by a kill
-    return out
+# %% ../nbs/60_train.ipynb #a0f3c074
+RUN_ONLY_KEYS = ('log_every', 'eval_every', 'save_every', 'keep_last', 'tensorboard', 'cpu', 'distributed')  # may change on resume
 
-# %% ../nbs/60_train.ipynb #35a1c44d
-def run(cfg:TrainConfig|dict|str, # a `TrainConfig`, a dict of its fields, a preset name, or a run config (its `train` section)
-        run_dir:str|Path, # the run folder (or the CLI's `RunDir`): checkpoints/, model/, metrics.jsonl, *.png go here
-        tokenizer=None, # a tokenizer folder or a `PreTrainedTokenizerFast` (needs an eos token); None: run_dir/tokenizer
-        data=None, # see `load_docs`; None: run_dir/data/clean when the data stage wrote it, else the data dir or synthetic corpus
-        resume:bool|str|Path=True, # True: from the latest checkpoint if any; a path: that checkpoint; False: from scratch
-        stop_after:int|None=None, # save and return after this global step (None: run every phase)
-        callback=None, # called as callback(info_dict, model) after every optimizer step
-        accelerator=None, # an `Accelerator`; default from `make_accelerator(cfg)`
-        plots:bool=True, # write loss.png and expert_load.png
-       )->dict:
-    "The training stage: every phase of the recipe into `run_dir`; returns the summary (status, steps, tokens, losses, val bits/byte)."
-    cfg, run_dir = getattr(cfg, 'train', cfg), Path(getattr(run_dir, 'path', run_dir))
-    if tokenizer is None: tokenizer = run_dir/'tokenizer'
-    if data is None and (run_dir/'data'/'clean').is_dir(): data = run_dir/'data'/'clean'
-    cfg = train_config(cfg) if not isinstance(cfg, TrainConfig) else cfg
-    ck_dir, mpath = run_dir/'checkpoints', run_dir/'metrics.jsonl'
-    tok = load_tokenizer(tokenizer)
-    acc = accelerator or make_accelerator(cfg, run_dir)
-    main, world, rank = acc.is_main_process, acc.num_processes, acc.process_index
+def _diff(a, b, key:str='')->list[str]:
+    "Lines `key: old -> new` for every leaf that differs between two plain-data trees."
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [d for k in dict.fromkeys([*a, *b]) for d in _diff(a.get(k), b.get(k), f"{key}.{k}" if key else str(k))]
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        return [d for i, (x, y) in enumerate(zip(a, b)) for d in _diff(x, y, f"{key}[{i}]")]
+    return [] if a == b else [f"{key}: {a!r} -> {b!r}"]
+
+def check_resumable(ckpt:str|Path, # a `step_N` folder
+                    cfg:TrainConfig, # the run's config
+                    tok_hash:str, # `tokenizer_hash` of the run's tokenizer
+                   ):
+    "Raise `CompassError` naming every difference when `ckpt` was written with another config or tokenizer."
+    ckpt = Path(ckpt); diffs = []
+    if (ckpt/'train_config.yaml').is_file():
+        old = yaml.safe_load((ckpt/'train_config.yaml').read_text()) or {}
+        try: old = TrainConfig.from_dict(old).to_dict()                 # an old `stages` key reads as phases
+        except ConfigError: pass
+        now = cfg.to_dict()
+        diffs = [d for d in _diff(old, now) if d.split(':')[0] not in RUN_ONLY_KEYS]
+    st = json.loads((ckpt/'state.json').read_text()) if (ckpt/'state.json').is_file() else {}
+    if st.get('tokenizer_sha256', tok_hash) != tok_hash: diffs.append("the tokenizer: another vocabulary or merges (SHA-256 differs)")
+    if diffs:
+        raise CompassError(f"cannot resume from {ckpt}: it was written with a different setup: {'; '.join(diffs[:10])}. "
+                           "To train from step 0 with the new one, pass restart=True (compass train --restart), or use a "
+                           "new run folder", 'resume')
+
+# %% ../nbs/60_train.ipynb #a0f3c076
+def _setup(cfg:TrainConfig, acc, tok, data)->tuple:
+    "(model, optimizer, batch source, held-out texts) for `cfg`, prepared by accelerate."
+    main = acc.is_main_process
     random.seed(cfg.seed); np.random.seed(cfg.seed)
     train_docs, val = split_heldout(load_docs(data), cfg.val_fraction, cfg.val_max_docs, cfg.seed)
     packed = PackedData(train_docs, tok, cfg.seed)
@@ -689,130 +1037,65 @@ def run(cfg:TrainConfig|dict|str, # a `TrainConfig`, a dict of its fields, a pre
     model = build_model(cfg, tok)
     if mode == 'fsdp-own': fsdp_wrap(model)                  # CPU processes: accelerate would not shard (see above)
     opt = _optimizer(model, cfg, fused=acc.device.type == 'cuda')
-    if mode == 'fsdp': model, opt = acc.prepare(model, opt)  # accelerate shards here; the checkpoint loads into the shards
-    start = dict(phase=0, step=0, global_step=0, tokens=0)
-    ck = None
-    if resume:
-        ck = Path(resume) if not isinstance(resume, bool) else (list_checkpoints(ck_dir)[-1][1] if list_checkpoints(ck_dir) else None)
-    if ck is not None:
-        start = load_checkpoint(ck, model, opt, rank)
-        saved = yaml.safe_load((Path(ck)/'train_config.yaml').read_text()) if (Path(ck)/'train_config.yaml').is_file() else None
-        if main and saved is not None and saved != cfg.to_dict():
-            log.warning("%s was written with a different training config; resuming with the new one", ck)
-        if main: log.info("resuming from %s (phase %d, step %d)", ck, start['phase'], start['step'])
-    if main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        keep = [r for r in _read_metrics(mpath) if r.get('global_step', 0) <= start['global_step']] if ck else []
-        atomic_write_text(mpath, ''.join(json.dumps(r) + '\n' for r in keep))
-        atomic_write_text(run_dir/'train_config.yaml', yaml.safe_dump(cfg.to_dict(), sort_keys=False, allow_unicode=True))
     if mode == 'fsdp-own': opt = acc.prepare(opt)             # preparing the model would wrap the shards in DDP
-    elif mode != 'fsdp': model, opt = acc.prepare(model, opt)
-    raw = acc.unwrap_model(model)
-    if cfg.tensorboard: acc.init_trackers('train', config={'seed': cfg.seed, 'model': cfg.model})
-    return _loop(cfg, acc, model, raw, opt, tok, packed, val, start, run_dir, stop_after, callback, plots)
+    else: model, opt = acc.prepare(model, opt)               # 'fsdp': accelerate shards here
+    batches = PackedBatches(packed, cfg.phases, cfg.seed, cfg.micro_batch_size, cfg.grad_accum, acc.num_processes, acc.process_index)
+    return model, opt, batches, val
 
-# %% ../nbs/60_train.ipynb #40a9f673
-@contextmanager
-def _no_sync(acc, model):
-    "Skip the gradient reduction of a micro-step (DDP: `no_sync`; FSDP2: `set_requires_gradient_sync(False)`)."
-    if not is_sharded(model):
-        with acc.no_sync(model): yield
-        return
-    model.set_requires_gradient_sync(False)
-    try: yield
-    finally: model.set_requires_gradient_sync(True)
+# %% ../nbs/60_train.ipynb #a0f3c077
+def _resume_point(run_dir:Path, cfg:TrainConfig, tok, resume, restart:bool, acc)->Path|None:
+    "The checkpoint to resume from (checked against the config and tokenizer), or None; `restart` deletes them all."
+    ck_dir = run_dir/'checkpoints'
+    if restart:                                        # the caller holds the run's lock
+        if acc.is_main_process: shutil.rmtree(ck_dir, ignore_errors=True)
+        acc.wait_for_everyone()
+        return None
+    cks = list_checkpoints(ck_dir)
+    ck = None if resume is False else Path(resume) if not isinstance(resume, bool) else cks[-1][1] if cks else None
+    if ck is not None: check_resumable(ck, cfg, tokenizer_hash(tok))
+    return ck
 
-def _loop(cfg, acc, model, raw, opt, tok, packed, val, start, run_dir, stop_after, callback, plots)->dict:
-    from tqdm.auto import tqdm
-    main, world, rank = acc.is_main_process, acc.num_processes, acc.process_index
-    ck_dir, mpath = run_dir/'checkpoints', run_dir/'metrics.jsonl'
-    mb, A = cfg.micro_batch_size, cfg.grad_accum
-    G = mb * A * world                                           # blocks per optimizer step
-    gstep, tokens, status, last_val, t_start = start['global_step'], start['tokens'], 'done', {}, time.perf_counter()
-    flops_tok, peak = None, peak_flops(acc.device)
-    mfile = open(mpath, 'a') if main else None
-    total = sum(s.steps for s in cfg.phases)
-    bar = tqdm(total=total, initial=gstep, desc='train', dynamic_ncols=True, disable=not main or bool(os.environ.get('TQDM_DISABLE')))
-    def state(si, step): return dict(phase=si, phase_name=cfg.phases[si].name if si < len(cfg.phases) else None,
-                                     step=step, global_step=gstep, tokens=tokens, data_position=step)
-    def save(si, step):
-        return save_checkpoint(ck_dir, gstep, raw, opt, state(si, step), cfg.to_dict(), acc, cfg.keep_last)
-    def record(r):
-        if main: mfile.write(json.dumps(r) + '\n'); mfile.flush()
-        if cfg.tensorboard:
-            flat = {**r, **{f'val_bpb/{k}': v for k, v in (r.get('val_bpb') or {}).items()},
-                    **{f'load_max_mean/layer{i}': v for i, v in enumerate(r.get('load_max_mean', []))}}
-            acc.log({k: v for k, v in flat.items() if isinstance(v, (int, float)) and k != 'global_step'}, step=r['global_step'])
-    try:
-        with _StopFlag() as stop:
-            for si, st in enumerate(cfg.phases):
-                if si < start['phase']: continue
-                theta = next((s.rope_theta for s in cfg.phases[si::-1] if s.rope_theta is not None), None)
-                if theta is not None: raw.config.rope_theta = theta
-                flops_tok = model_stats(raw.config, st.seq_len)['train_flops_per_token']
-                plan = packed.plan(st, st.steps * G, cfg.seed, si)
-                step0 = start['step'] if si == start['phase'] else 0
-                t_log, tok_log = time.perf_counter(), 0
-                for step in range(step0, st.steps):
-                    lr = lr_at(st, step)
-                    for g in opt.param_groups: g['lr'] = lr
-                    sums, load = torch.zeros(5, device=acc.device), None
-                    for a in range(A):
-                        rows = plan[step * G + (a * world + rank) * mb: step * G + (a * world + rank + 1) * mb]
-                        x = packed.batch(rows, st.seq_len).to(acc.device)
-                        sync = _no_sync(acc, model) if (a < A - 1 and world > 1) else nullcontext()
-                        with sync, acc.autocast():
-                            out = model(input_ids=x, labels=x)
-                        acc.backward(out.loss / A)
-                        sums[:4] += torch.stack([out.loss, out.lm_loss, out.aux_loss, out.z_loss]).detach().float() / A
-                        if out.expert_load is not None: load = out.expert_load if load is None else load + out.expert_load
-                    if cfg.grad_clip > 0: gn = acc.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                    else: gn = torch.nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None])
-                    gn = _full(gn)                                     # FSDP: the norm of the sharded gradients
-                    sums[4] = float(stop.hit)
-                    red = acc.reduce(sums, 'sum') if world > 1 else sums
-                    loss, lm, aux, z = (float(v) / world for v in red[:4])
-                    gn = float(gn)
-                    if not (math.isfinite(loss) and math.isfinite(gn)):
-                        losses = dict(loss=loss, lm_loss=lm, aux_loss=aux, z_loss=z, grad_norm=gn)
-                        rep = divergence_report(raw, gstep + 1, losses, load)
-                        if main: atomic_write_json(run_dir/'divergence.json', rep)
-                        good = list_checkpoints(ck_dir)
-                        badw = [k for k, v in rep['layers'].items() if v['nonfinite_weights']]
-                        badg = [k for k, v in rep['layers'].items() if v['nonfinite_grads']]
-                        raise TrainingDiverged(f"non-finite loss/grad at step {gstep + 1} (phase {st.name!r}): {losses}; "
-                                               f"NaN/inf weights in {badw[:8]}, gradients in {len(badg)} layers; last good checkpoint: "
-                                               f"{good[-1][1] if good else 'none'}; details in {run_dir/'divergence.json'}",
-                                               f'{run_dir}/metrics.jsonl')
-                    opt.step(); opt.zero_grad(set_to_none=True)
-                    raw.balance_step()
-                    gstep += 1; tokens += G * st.seq_len; tok_log += G * st.seq_len
-                    bar.update(1); bar.set_postfix(phase=st.name, loss=f'{loss:.3f}', lr=f'{lr:.2e}')
-                    end_phase = step + 1 == st.steps
-                    if gstep % cfg.log_every == 0 or end_phase:
-                        dt = time.perf_counter() - t_log
-                        r = dict(global_step=gstep, phase=st.name, step=step + 1, tokens=tokens, loss=loss, lm_loss=lm,
-                                 aux_loss=aux, z_loss=z, lr=lr, grad_norm=gn, tokens_per_s=round(tok_log / max(dt, 1e-9), 1))
-                        if peak: r['mfu'] = round(mfu(flops_tok, tok_log / max(dt, 1e-9), world, peak), 4)
-                        if load is not None: r.update(expert_load_metrics(acc.reduce(load, 'sum') if world > 1 else load))
-                        if (cfg.eval_every and gstep % cfg.eval_every == 0) or end_phase:
-                            last_val = val_bpb(raw, tok, val, st.seq_len)
-                            r['val_bpb'] = {k: round(v, 5) for k, v in last_val.items()}
-                            r['val_bpb_mean'] = round(float(np.mean(list(last_val.values()))), 5) if last_val else None
-                        record(r); t_log, tok_log = time.perf_counter(), 0
-                    if callback is not None: callback(dict(global_step=gstep, phase=st.name, step=step + 1, loss=loss), raw)
-                    interrupted = bool(red[4] > 0) if world > 1 else stop.hit   # processes agree through the all-reduce
-                    stopping = interrupted or (stop_after is not None and gstep >= stop_after)
-                    if gstep % cfg.save_every == 0 or end_phase or stopping:
-                        save(si + 1 if end_phase else si, 0 if end_phase else step + 1)
-                    if stopping:
-                        status = 'interrupted' if interrupted else 'stopped'
-                        break
-                if status != 'done': break
-    finally:
-        bar.close()
-        if mfile: mfile.close()
-    return _finish(cfg, acc, raw, tok, run_dir, status, gstep, tokens, last_val, time.perf_counter() - t_start, plots)
+def clear_checkpoints(run_dir:str|Path):
+    "Delete a run folder's checkpoints (holding its lock), so that its next `run` trains from step 0 (`compass train --restart`)."
+    with run_lock(run_dir): shutil.rmtree(Path(run_dir)/'checkpoints', ignore_errors=True)
+
+def _callbacks(cfg:TrainConfig, run_dir:Path, tok, val:dict, ck, stop_after, callback)->list:
+    "The pretraining run's callbacks; the `MetricsCB` first."
+    cbs = [MetricsCB(run_dir/'metrics.jsonl', cfg.log_every, cfg.eval_every, lambda m, p: val_bpb(m, tok, val, p.seq_len), cfg.tensorboard),
+           ProgressCB(), DivergenceCB(run_dir), InterruptCB(),
+           CheckpointCB(run_dir/'checkpoints', cfg.save_every, cfg.keep_last, ck or False, cfg.to_dict(), {'tokenizer_sha256': tokenizer_hash(tok)})]
+    if callback is not None: cbs.append(FnCB(callback))
+    if stop_after is not None: cbs.append(StopAfterCB(stop_after))
+    return cbs
+
+# %% ../nbs/60_train.ipynb #35a1c44d
+def run(cfg:TrainConfig|dict|str, # a `TrainConfig`, a dict of its fields, a preset name, or a run config (its `train` section)
+        run_dir:str|Path, # the run folder (or the CLI's `RunDir`): checkpoints/, model/, metrics.jsonl, *.png go here
+        tokenizer=None, # a tokenizer folder or a `PreTrainedTokenizerFast` (needs an eos token); None: run_dir/tokenizer
+        data=None, # see `load_docs`; None: run_dir/data/clean when the data stage wrote it, else the data dir or synthetic corpus
+        resume:bool|str|Path=True, # True: from the latest checkpoint if any; a path: that checkpoint; False: from scratch
+        restart:bool=False, # train from step 0, deleting the run's checkpoints (e.g. after changing the config)
+        stop_after:int|None=None, # save and return after this global step (None: run every phase)
+        callback=None, # called as callback(info_dict, model) after every optimizer step
+        accelerator=None, # an `Accelerator`; default from `make_accelerator(cfg)`
+        plots:bool=True, # write loss.png and expert_load.png
+       )->dict:
+    "The training stage: every phase of the recipe into `run_dir`; returns the summary (status, steps, tokens, losses, val bits/byte)."
+    cfg, run_dir = getattr(cfg, 'train', cfg), Path(getattr(run_dir, 'path', run_dir))
+    cfg = cfg if isinstance(cfg, TrainConfig) else train_config(cfg)
+    if data is None and (run_dir/'data'/'clean').is_dir(): data = run_dir/'data'/'clean'
+    tok = load_tokenizer(run_dir/'tokenizer' if tokenizer is None else tokenizer)
+    acc = accelerator or make_accelerator(cfg, run_dir)
+    if acc.is_main_process: run_dir.mkdir(parents=True, exist_ok=True)
+    with run_lock(run_dir) if acc.is_main_process else nullcontext():
+        ck = _resume_point(run_dir, cfg, tok, resume, restart, acc)
+        model, opt, batches, val = _setup(cfg, acc, tok, data)
+        if acc.is_main_process: atomic_write_text(run_dir/'train_config.yaml', yaml.safe_dump(cfg.to_dict(), sort_keys=False, allow_unicode=True))
+        cbs, t0 = _callbacks(cfg, run_dir, tok, val, ck, stop_after, callback), time.perf_counter()
+        learn = Learner(model, opt, batches, cfg.phases, cfg.grad_accum, cfg.grad_clip, cbs=cbs, accelerator=acc)
+        status = learn.fit()
+        return _finish(cfg, acc, learn.raw, tok, run_dir, status, learn.global_step, learn.tokens, cbs[0].last_val,
+                       time.perf_counter() - t0, plots)
 
 # %% ../nbs/60_train.ipynb #3e09de32
 def _unsharded_copy(model, full_state:dict):
@@ -834,11 +1117,9 @@ def _finish(cfg, acc, raw, tok, run_dir, status, gstep, tokens, last_val, secs, 
                    peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1))
     full = _gather_full(raw)[0] if status == 'done' and is_sharded(raw) else None   # FSDP: every rank takes part
     if status == 'done' and main:
-        tmp, final = run_dir/'.tmp-model', run_dir/'model'
-        shutil.rmtree(tmp, ignore_errors=True)
-        (raw if full is None else _unsharded_copy(raw, full)).save_pretrained(tmp); tok.save_pretrained(tmp)
-        shutil.rmtree(final, ignore_errors=True); os.rename(tmp, final)
-        summary['model_dir'] = str(final)
+        with atomic_dir(run_dir/'model') as tmp:                 # the old model stays until the new one is complete
+            (raw if full is None else _unsharded_copy(raw, full)).save_pretrained(tmp); tok.save_pretrained(tmp)
+        summary['model_dir'] = str(run_dir/'model')
     if main and plots and recs:
         import matplotlib.pyplot as plt
         for name, fn in (('loss.png', plot_metrics), ('expert_load.png', plot_expert_load)):
@@ -907,6 +1188,7 @@ def plot_metrics(recs:list[dict]|str|Path, # metric records, or a metrics.jsonl 
     fig.tight_layout()
     return fig
 
+# %% ../nbs/60_train.ipynb #fa6fc2af
 def plot_expert_load(recs:list[dict]|str|Path):
     "Expert load per MoE layer over training: max/mean and coefficient of variation (None for a dense model)."
     import matplotlib.pyplot as plt

@@ -505,3 +505,111 @@ def test_flops_per_token_matches_torch_flop_counter():
         attn = 6 * c.num_hidden_layers * 40 * c.num_attention_heads * c.head_dim        # SDPA: not counted on the CPU
         norms = c.num_hidden_layers * (2 * c.hidden_size + 2 * c.head_dim) + c.hidden_size
         assert fc.get_total_flops() / x.numel() == model_stats(c, 40)['train_flops_per_token'] - attn - 6 * norms, over
+
+# ---------- the loop on its own (what SFT builds on) ----------
+def test_learner_with_an_iterable_source_and_masked_labels_resumes_exactly(tmp_path):
+    "A generic batch source (IterBatches) with -100 labels: stopped + resumed = one run, bit for bit, across an epoch."
+    def batches(ep):
+        g = torch.Generator().manual_seed(ep)
+        for _ in range(5):
+            x = torch.randint(0, 64, (2, 12), generator=g); y = x.clone(); y[:, :4] = -100     # a prompt that does not count
+            yield {'input_ids': x, 'labels': y}
+    phases = [T.PhaseConfig(name='sft', steps=8, seq_len=12, lr=3e-3, warmup_steps=2)]
+    def fit(ck, stop=None):
+        torch.manual_seed(0); m = CompassForCausalLM(CompassConfig.from_preset('tiny', vocab_size=64)); seen = []
+        cbs = [T.CheckpointCB(ck, every=3), T.FnCB(lambda info, model: seen.append(info['loss']))]
+        learn = T.Learner(m, torch.optim.AdamW(m.parameters()), T.IterBatches(batches), phases, grad_accum=2,
+                          cbs=cbs + ([T.StopAfterCB(stop)] if stop else []))
+        return learn.fit(), seen
+    whole = fit(tmp_path/'a')
+    first, rest = fit(tmp_path/'b', stop=5), fit(tmp_path/'b')
+    assert (first[0], rest[0]) == ('stopped', 'done') and first[1] + rest[1] == whole[1]
+    assert json.loads((tmp_path/'b'/'step_5'/'state.json').read_text())['batches'] == {'epoch': 1, 'read': 5}
+
+def test_learner_takes_a_loss_function(tmp_path):
+    torch.manual_seed(0); m = CompassForCausalLM(CompassConfig.from_preset('tiny', vocab_size=64)); x = torch.randint(0, 64, (2, 8))
+    class One(T.BatchSource):
+        def batch(self, phase, step, micro): return {'input_ids': x}
+    loss = lambda model, b: model(input_ids=b['input_ids']).logits.float().pow(2).mean()
+    learn = T.Learner(m, torch.optim.SGD(m.parameters()), One(), [T.PhaseConfig(steps=3, seq_len=8, warmup_steps=0)], loss_fn=loss)
+    assert learn.fit() == 'done' and learn.global_step == 3 and list(learn.losses) == ['loss']
+
+# ---------- hardening (#23): checkpoints are data, one writer, resume only the same run ----------
+class _Touch:
+    "A pickle that creates a file when it is loaded."
+    def __init__(self, p): self.p = p
+    def __reduce__(self): return (open, (str(self.p), 'w'))
+
+def _replace_in_checkpoint(ck, name, obj):
+    "Write `obj` as checkpoint file `name` and fix the manifest, as someone crafting a checkpoint would."
+    torch.save(obj, ck/name)
+    man = json.loads((ck/'manifest.json').read_text())
+    man['files'][name] = {'bytes': (ck/name).stat().st_size, 'sha256': T._sha256(ck/name)}
+    (ck/'manifest.json').write_text(json.dumps(man))
+
+def _model_and_opt(tok_dir):
+    c = train_config(SMALL)
+    m = T.build_model(c, PreTrainedTokenizerFast.from_pretrained(tok_dir))
+    return m, T._optimizer(m, c, fused=False)
+
+@pytest.mark.parametrize('name', ['optimizer.pt', 'rng_0.pt'])
+def test_a_crafted_pickle_in_a_checkpoint_is_refused(reference, tmp_path, tok_dir, name):
+    import shutil
+    ref, _ = reference
+    ck = tmp_path/'step_12'; shutil.copytree(ref/'checkpoints'/'step_12', ck)
+    mark = tmp_path/'created-by-the-pickle'
+    _replace_in_checkpoint(ck, name, {'state': _Touch(mark)})
+    with pytest.raises(CheckpointError, match=f'{name}: refused to load'): load_checkpoint(ck, *_model_and_opt(tok_dir))
+    assert not mark.exists()
+
+def test_rng_state_of_older_checkpoints_still_loads(reference, tmp_path, tok_dir):
+    "RNG files written before weights_only (NumPy arrays inside) load, with only NumPy's array names allowed."
+    import shutil, random, numpy as np
+    ref, _ = reference
+    ck = tmp_path/'step_12'; shutil.copytree(ref/'checkpoints'/'step_12', ck)
+    np.random.seed(7); want = np.random.get_state()[1].copy()
+    _replace_in_checkpoint(ck, 'rng_0.pt', dict(python=random.getstate(), numpy=np.random.get_state(), torch=torch.get_rng_state(), cuda=None))
+    np.random.seed(0)
+    assert load_checkpoint(ck, *_model_and_opt(tok_dir))['global_step'] == 12
+    assert (np.random.get_state()[1] == want).all()
+
+def test_a_second_writer_is_refused_and_a_stale_lock_taken_over(tmp_path, tok_dir, data_file):
+    from compass_nbdev.core import CompassError
+    run = tmp_path/'run'; run.mkdir()
+    p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'])
+    try:
+        (run/'.lock').write_text(f'{p.pid}@{socket.gethostname()}')
+        with pytest.raises(CompassError, match=f'in use by process {p.pid}'): train_run(SMALL, run, tok_dir, data_file, plots=False)
+        assert [x.name for x in run.iterdir()] == ['.lock']                  # nothing else was written
+    finally: p.kill(); p.wait()
+    s = train_run(SMALL, run, tok_dir, data_file, stop_after=1, plots=False)   # its process is gone: a stale lock
+    assert s['status'] == 'stopped' and not (run/'.lock').exists()
+
+def test_resume_only_with_the_same_config_and_tokenizer(tmp_path, tok_dir, data_file, data):
+    from compass_nbdev.core import CompassError
+    run = tmp_path/'run'
+    train_run(SMALL, run, tok_dir, data_file, stop_after=2, plots=False)
+    other = {**SMALL, 'phases': [{**SMALL['phases'][0], 'lr': 1e-3}, *SMALL['phases'][1:]]}
+    with pytest.raises(CompassError, match=r"phases\[0\]\.lr: 0\.003 -> 0\.001.*restart=True") as e:
+        train_run(other, run, tok_dir, data_file, plots=False)
+    assert str(e.value).startswith('resume: cannot resume from') and len(list_checkpoints(run/'checkpoints')) == 1
+    tok2 = Tokenizer(models.BPE()); tok2.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok2.train_from_iterator([d['text'] for d in data], trainers.BpeTrainer(vocab_size=300, special_tokens=['<|bos|>', '<|eos|>', '<|pad|>'],
+                                                                          initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    hf2 = PreTrainedTokenizerFast(tokenizer_object=tok2, bos_token='<|bos|>', eos_token='<|eos|>', pad_token='<|pad|>')
+    with pytest.raises(CompassError, match='the tokenizer'): train_run(SMALL, run, hf2, data_file, plots=False)
+    assert train_run({**SMALL, 'log_every': 2}, run, tok_dir, data_file, stop_after=3, plots=False)['global_step'] == 3   # run-only keys may change
+    s = train_run(other, run, tok_dir, data_file, restart=True, stop_after=1, plots=False)
+    assert s['global_step'] == 1 and [n for n, _ in list_checkpoints(run/'checkpoints')] == [1]
+
+def test_a_failed_final_save_keeps_the_previous_model(reference, tmp_path, tok_dir, data_file, monkeypatch):
+    import shutil
+    ref, _ = reference
+    run = tmp_path/'run'; shutil.copytree(ref, run)
+    before = state(run/'model')
+    def boom(self, *a, **k): raise OSError("disk full")
+    monkeypatch.setattr(PreTrainedTokenizerFast, 'save_pretrained', boom)
+    with pytest.raises(OSError, match='disk full'): train_run(SMALL, run, tok_dir, data_file, plots=False)   # finished: only the save runs
+    after = state(run/'model')
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    assert sorted(p.name for p in run.iterdir() if p.name.startswith('.')) == []        # no temp folder, no lock left
