@@ -189,6 +189,34 @@ def test_sft_trains_and_saves_atomically(tok, model, tmp_path):
     from compass_nbdev.evaluate import load_model
     m2, t2 = load_model(tmp_path/'sft', 'cpu')
     assert t2.chat_template and 'Reasoning:' in t2.chat_template
+    assert not (tmp_path/'sft_train').exists()                                    # the model is saved: the working folder goes
+
+
+def test_sft_stopped_and_resumed_gives_the_same_weights(tok, model, tmp_path):
+    "SFT runs on the one training loop, so it resumes: stopped after 5 of 8 steps and resumed = never stopped, bit for bit."
+    from safetensors.torch import load_file
+    save_model_dir(model, tok, tmp_path/'base')
+    ex = build_sft_examples(synthetic_items(8, langs=['en', 'id'], seed=0), seed=0)
+    cfg = SFTConfig(steps=8, seq_len=256, batch_size=2, lr=3e-3, warmup_steps=1, log_every=2)
+    whole = fine_tune(tmp_path/'base', tmp_path/'whole', ex, cfg)
+    r = fine_tune(tmp_path/'base', tmp_path/'part', ex, cfg, ckpt_every=3, stop_after=5)
+    assert r['status'] == 'stopped' and r['global_step'] == 5 and not (tmp_path/'part').exists()
+    assert (tmp_path/'part_train'/'checkpoints'/'step_5').is_dir()
+    part = fine_tune(tmp_path/'base', tmp_path/'part', ex, cfg)
+    a, b = load_file(tmp_path/'whole'/'model.safetensors'), load_file(tmp_path/'part'/'model.safetensors')
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert part['final_lm_loss'] == whole['final_lm_loss']
+    recs = json.loads((tmp_path/'part'/'sft_metrics.json').read_text())
+    assert [r['global_step'] for r in recs] == [2, 4, 6, 8]                     # the metrics of both halves, once each
+
+
+def test_sft_refuses_checkpoints_of_other_settings(tok, model, tmp_path):
+    save_model_dir(model, tok, tmp_path/'base')
+    ex = build_sft_examples(synthetic_items(4, langs=['en'], seed=0), seed=0)
+    cfg = SFTConfig(steps=4, seq_len=256, batch_size=2, warmup_steps=1, log_every=2)
+    assert fine_tune(tmp_path/'base', tmp_path/'sft', ex, cfg, stop_after=2)['status'] == 'stopped'
+    with pytest.raises(CompassError, match='other settings or data'):
+        fine_tune(tmp_path/'base', tmp_path/'sft', ex, cfg.replace(lr=5e-4))
 
 
 # ---- generation -----------------------------------------------------------------------------------------------
