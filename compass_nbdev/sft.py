@@ -420,7 +420,7 @@ def fine_tune(model_dir, # a saved model folder (or a (model, tokenizer) pair)
 
 # %% ../nbs/80_sft.ipynb #954a0ab1
 def sft_examples(cfg:SFTConfig, # the SFT settings (`n_per_task`, `synthetic_per_lang`, `deep_frac`)
-                 data_dir=None, # data directory (None/'synthetic': synthetic items only)
+                 data_dir=None, # data directory (None: $COMPASS_DATA_DIR; 'synthetic': synthetic items only)
                  seed:int=0, # seed of the item sample and the mode mix
                 )->list[dict]:
     "The mode-mixed SFT set `compass sft` trains on."
