@@ -15,7 +15,7 @@ HERE = Path(__file__).resolve().parent
 
 def _measure_in_subprocess(name:str, prompt_len:int, new_tokens:int, repeats:int)->dict:
     "Time one laptop-scale model in a fresh process, so peak memory is its own."
-    code = ("import json; from compass_nbdev.chat import cost_configs, measure_inference; "
+    code = ("import json; from compass_nbdev.inference_cost import cost_configs, measure_inference; "
             f"print('RESULT', json.dumps(measure_inference(cost_configs('laptop')[{name!r}], {prompt_len}, {new_tokens}, repeats={repeats})))")
     out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True)
     line = next(l for l in out.stdout.splitlines() if l.startswith('RESULT '))
@@ -46,9 +46,10 @@ def main(argv=None)->int:
 
     import logging
     logging.basicConfig(level=logging.INFO, format='%(asctime)s %(name)s: %(message)s', datefmt='%H:%M:%S')
-    from compass_nbdev.core import resolve_data_dir, atomic_write_json
-    from compass_nbdev.chat import (sentiment_items, synthetic_items, build_sft_examples, sft, SFTConfig, _load, eval_modes,
-                                    modes_table, accounting_table, md_table, plot_cost)
+    from compass_nbdev.core import resolve_data_dir, atomic_write_json, md_table
+    from compass_nbdev.sft import sentiment_items, synthetic_items, build_sft_examples, fine_tune, SFTConfig, load_chat_model
+    from compass_nbdev.generate import eval_modes, modes_table
+    from compass_nbdev.inference_cost import accounting_table, plot_cost
     data_dir = resolve_data_dir(a.data_dir)
     work = Path(a.work or HERE.parent/'runs'/'reasoning_bench'); work.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
@@ -66,12 +67,12 @@ def main(argv=None)->int:
     # 2. SFT on both modes, several languages
     items = sentiment_items(data_dir, 'train', a.train_per_task) + synthetic_items(a.synthetic_per_lang, seed=0)
     ex = build_sft_examples(items, deep_frac=0.5, multi_turn_frac=0.15, seed=0)
-    s = sft(base, work/'sft', ex, SFTConfig(steps=a.steps, seq_len=a.seq_len, batch_size=a.batch_size, lr=a.lr,
+    s = fine_tune(base, work/'sft', ex, SFTConfig(steps=a.steps, seq_len=a.seq_len, batch_size=a.batch_size, lr=a.lr,
                                             warmup_steps=min(20, a.steps // 10)))
     print(f"sft: {json.dumps({k: s[k] for k in ('examples', 'dropped', 'rows', 'target_tokens', 'seconds', 'final_lm_loss')})}")
 
     # 3. both modes on the test splits
-    model, tok = _load(work/'sft')
+    model, tok = load_chat_model(work/'sft')
     t = time.time()
     res = eval_modes(model, tok, sentiment_items(data_dir, 'test', a.limit, seed=1))
     t_eval = time.time() - t
@@ -85,7 +86,7 @@ def main(argv=None)->int:
             cpu[name] = _measure_in_subprocess(name, a.prompt_len, a.new_tokens, repeats=2)
             print(f"{name}: {json.dumps({k: round(v, 2) if isinstance(v, float) else v for k, v in cpu[name].items()})}")
     acc = accounting_table()
-    print(md_table(acc))
+    print(md_table(acc, '{:.2f}'))
 
     load = os.getloadavg()
     out = dict(date=time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime()), machine=f"{platform.node()} {platform.machine()} "

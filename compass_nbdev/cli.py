@@ -19,30 +19,13 @@ from . import train
 from .model import CompassConfig
 from . import evaluate
 from .evaluate import EvalConfig
-from .chat import SFTConfig
+from .sft import SFTConfig
+from . import sft
 
 # %% auto #0
-__all__ = ['SEEDED', 'PRESETS', 'log', 'STAGES', 'AFTER_STAGES', 'COMMANDS', 'SFTRunConfig', 'RunConfig', 'check_model_overrides',
-           'parse_overrides', 'resolve_config', 'RunDir', 'data_stage', 'tokenizer_stage', 'sft_stage', 'run_recipe',
-           'make_parser', 'chat_model_dir', 'main']
-
-# %% ../nbs/90_cli.ipynb #307f16bf
-@dataclass
-class SFTRunConfig(SFTConfig):
-    "What `compass sft` does: a mode-mixed SFT set from the review tasks and the synthetic generator, then fine-tuning."
-    n_per_task: int = 800  # training reviews per e-commerce task (used when the data directory has eval/sentiment)
-    synthetic_per_lang: int = 60  # synthetic reviews per language (always used)
-    deep_frac: float = 0.5  # share of conversations in deep (thinking) mode
-
-    def validate(self):
-        super().validate()
-        if self.n_per_task < 0: raise ConfigError(f"must be >= 0, got {self.n_per_task}", 'n_per_task')
-        if self.synthetic_per_lang < 0: raise ConfigError(f"must be >= 0, got {self.synthetic_per_lang}", 'synthetic_per_lang')
-        if not 0 <= self.deep_frac <= 1: raise ConfigError(f"must be between 0 and 1, got {self.deep_frac}", 'deep_frac')
-
-    def sft_config(self)->SFTConfig:
-        "The fine-tuning settings alone."
-        return SFTConfig.from_dict({k: v for k, v in self.to_dict().items() if k in SFTConfig.__dataclass_fields__})
+__all__ = ['SEEDED', 'PRESETS', 'log', 'STAGES', 'AFTER_STAGES', 'COMMANDS', 'RunConfig', 'check_model_overrides',
+           'parse_overrides', 'resolve_config', 'RunDir', 'data_stage', 'tokenizer_stage', 'run_recipe', 'make_parser',
+           'chat_model_dir', 'main']
 
 # %% ../nbs/90_cli.ipynb #9362ed7a
 @dataclass
@@ -56,7 +39,7 @@ class RunConfig(Config):
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)  # the tokenizer stage
     train: TrainConfig = field(default_factory=TrainConfig)  # pretraining in phases (the model preset is `train.model`)
     eval: EvalConfig = field(default_factory=EvalConfig)  # evaluation of the trained model
-    sft: SFTRunConfig = field(default_factory=SFTRunConfig)  # fast/deep chat fine-tuning (`compass sft`)
+    sft: SFTConfig = field(default_factory=SFTConfig)  # fast/deep chat fine-tuning (`compass sft`)
 
     def validate(self):
         for s in SEEDED:
@@ -167,25 +150,11 @@ def tokenizer_stage(cfg:RunConfig, run:RunDir)->dict:
         eval_tokenizer_stage(run/'tokenizer', data_dir, run/'eval'/'tokenizer_eval.json', peers=[])
     return {k: tt.report[k] for k in ('vocab_size', 'train_s')}
 
-def sft_stage(cfg:RunConfig, run:RunDir)->dict:
-    "Fine-tune the run's pretrained `model/` for fast and deep answers into `run/sft` (the reasoning notebook's recipe)."
-    from compass_nbdev.chat import sentiment_items, synthetic_items, build_sft_examples, sft
-    if not (run/'model'/'config.json').is_file():
-        raise CompassError(f"no pretrained model in {str(run/'model')!r}; run `compass run` (or `compass train`) first", 'run_dir')
-    s, data_dir, items = cfg.sft, resolve_data_dir(cfg.data_dir), []
-    if s.n_per_task and data_dir is not None and (data_dir/'eval'/'sentiment').is_dir():
-        items += sentiment_items(data_dir, 'train', s.n_per_task, seed=s.seed)
-    if s.synthetic_per_lang: items += synthetic_items(s.synthetic_per_lang, seed=s.seed)
-    if not items: raise ConfigError("no SFT items: no eval/sentiment in the data directory and no synthetic items", 'sft.synthetic_per_lang')
-    examples = build_sft_examples(items, s.deep_frac, seed=s.seed)
-    out = sft(run/'model', run/'sft', examples, s.sft_config())
-    return {k: v for k, v in out.items() if k != 'config'}
-
 # %% ../nbs/90_cli.ipynb #2f63aa5a
 STAGES = {'data': data_stage, 'tokenizer': tokenizer_stage, 'train': train.run,
           'eval': lambda cfg, run: evaluate.run(cfg.eval, run.path, cfg.data_dir)}  # `compass run` runs these in order
 AFTER_STAGES = {'report': lambda cfg, run: {'report': str(evaluate.report(run.path))},
-                'sft': sft_stage}  # run only when named: `compass report`, `compass sft`
+                'sft': sft.run}  # run only when named: `compass report`, `compass sft`
 
 # %% ../nbs/90_cli.ipynb #db5eb7e3
 def run_recipe(cfg:RunConfig, # the resolved configuration
@@ -323,7 +292,7 @@ def chat_model_dir(run_dir:str|Path, # a run folder
 
 # %% ../nbs/90_cli.ipynb #1569d664
 def _chat(a)->int:
-    from compass_nbdev.chat import chat_loop, generate_file
+    from compass_nbdev.generate import chat_loop, generate_file
     md = chat_model_dir(a.run_dir or Path('runs')/a.name, a.model)
     gen = dict(enable_thinking=a.think, max_new_tokens=a.max_new_tokens, temperature=a.temperature, top_p=a.top_p, seed=a.seed)
     if a.cmd == 'chat':

@@ -539,15 +539,15 @@ _CONVS = [
 ]
 
 def _chat_tok():
-    from compass_nbdev.chat import with_chat_template
+    from compass_nbdev.sft import with_chat_template
     return with_chat_template(to_hf(workshop_tokenizer()))
 
 def check_assistant_mask(fn, # fn(ids, tok) -> list of 0/1
                         )->CheckResult:
-    "Compare with `chat.assistant_mask` on conversations rendered by `chat.encode_chat`, both modes."
+    "Compare with `sft.assistant_mask` on conversations rendered by `sft.encode_chat`, both modes."
     name = 'assistant_mask'
     def body():
-        from compass_nbdev.chat import encode_chat, assistant_mask
+        from compass_nbdev.sft import encode_chat, assistant_mask
         tok = _chat_tok()
         n = 0
         for conv in _CONVS:
@@ -565,15 +565,15 @@ def check_assistant_mask(fn, # fn(ids, tok) -> list of 0/1
                             "1 from the token after `<|im_start|>assistant\\n` through the reply's `<|im_end|>`, only for replies "
                             "after the last `<|im_start|>user`; the header itself and everything else 0"))
                     n += 1
-        return f"matches chat.assistant_mask on {n} renderings (deep and fast, multi-turn, system prompt)"
+        return f"matches sft.assistant_mask on {n} renderings (deep and fast, multi-turn, system prompt)"
     return run_check(name, body)
 
 def check_parse_reply(fn, # fn(tok, ids) -> {'thinking', 'answer', 'think_open', 'think_closed'}
                      )->CheckResult:
-    "Compare with `chat.split_reply` on deep, fast, unfinished and stray-tag replies."
+    "Compare with `generate.split_reply` on deep, fast, unfinished and stray-tag replies."
     name = 'parse_reply'
     def body():
-        from compass_nbdev.chat import split_reply
+        from compass_nbdev.generate import split_reply
         tok = _chat_tok()
         replies = ['<think>\nThe buyer praises delivery.\n</think>\n5<|im_end|>', '4', '<think>\nstill thinking about',
                    'Hàng đẹp</think> 3', '<think></think>2', '']
@@ -588,5 +588,5 @@ def check_parse_reply(fn, # fn(tok, ids) -> {'thinking', 'answer', 'think_open',
                         "find <think> and the first </think> after it (token ids, via tok.convert_tokens_to_ids); thinking is "
                         "the decoded text between them, stripped; the answer is what follows, decoded with skip_special_tokens=True; "
                         "no <think>: thinking None and the whole reply is the answer; unclosed: answer ''"))
-        return f"matches chat.split_reply on {len(replies)} replies (deep, fast, unfinished, stray tags, empty)"
+        return f"matches generate.split_reply on {len(replies)} replies (deep, fast, unfinished, stray tags, empty)"
     return run_check(name, body)

@@ -1,4 +1,5 @@
-"Chat template, safe encoding, SFT masks and packing, generation, chat loop and file generation (compass_nbdev.chat)."
+"""Chat template, safe encoding, SFT masks and packing (compass_nbdev.sft); generation, chat loop and file generation
+(compass_nbdev.generate); inference cost (compass_nbdev.inference_cost); and the `compass` command's chat, generate and sft."""
 import io, json
 import pytest
 import torch
@@ -6,11 +7,12 @@ from compass_nbdev.core import CompassError, DataError, LANGS
 from compass_nbdev.tokenizer import train_bpe, to_hf
 from compass_nbdev.synthetic import synthetic_corpus
 from compass_nbdev.model import CompassConfig, CompassForCausalLM
-from compass_nbdev.chat import (IM_START, IM_END, THINK, END_THINK, with_chat_template, check_messages, encode_chat,
-                                assistant_mask, make_item, item_messages, synthetic_items, build_sft_examples, pack_examples,
-                                packed_forward, sft, SFTConfig, save_model_dir, generate, generate_ids, split_reply,
-                                TextStreamer, chat_loop, generate_file, read_prompts, eval_modes, sample_next,
-                                dense_equal_total, cost_configs, accounting_table)
+from compass_nbdev.sft import (IM_START, IM_END, THINK, END_THINK, with_chat_template, check_messages, encode_chat,
+                               assistant_mask, make_item, item_messages, synthetic_items, build_sft_examples, pack_examples,
+                               packed_forward, fine_tune, SFTConfig, save_model_dir)
+from compass_nbdev.generate import (generate, generate_ids, split_reply, TextStreamer, chat_loop, generate_file, read_prompts,
+                                    eval_modes, sample_next)
+from compass_nbdev.inference_cost import dense_equal_total, cost_configs, accounting_table
 from compass_nbdev.model import model_stats
 
 
@@ -179,7 +181,7 @@ def test_packing_drops_too_long(tok):
 def test_sft_trains_and_saves_atomically(tok, model, tmp_path):
     save_model_dir(model, tok, tmp_path/'base')
     ex = build_sft_examples(synthetic_items(8, langs=['en', 'id'], seed=0), seed=0)
-    s = sft(tmp_path/'base', tmp_path/'sft', ex, SFTConfig(steps=6, seq_len=256, batch_size=2, lr=3e-3, warmup_steps=1, log_every=3))
+    s = fine_tune(tmp_path/'base', tmp_path/'sft', ex, SFTConfig(steps=6, seq_len=256, batch_size=2, lr=3e-3, warmup_steps=1, log_every=3))
     recs = json.loads((tmp_path/'sft'/'sft_metrics.json').read_text())
     assert recs[-1]['lm_loss'] < recs[0]['lm_loss']
     assert (tmp_path/'sft'/'config.json').is_file() and s['examples'] == len(ex)
@@ -187,6 +189,34 @@ def test_sft_trains_and_saves_atomically(tok, model, tmp_path):
     from compass_nbdev.evaluate import load_model
     m2, t2 = load_model(tmp_path/'sft', 'cpu')
     assert t2.chat_template and 'Reasoning:' in t2.chat_template
+    assert not (tmp_path/'sft_train').exists()                                    # the model is saved: the working folder goes
+
+
+def test_sft_stopped_and_resumed_gives_the_same_weights(tok, model, tmp_path):
+    "SFT runs on the one training loop, so it resumes: stopped after 5 of 8 steps and resumed = never stopped, bit for bit."
+    from safetensors.torch import load_file
+    save_model_dir(model, tok, tmp_path/'base')
+    ex = build_sft_examples(synthetic_items(8, langs=['en', 'id'], seed=0), seed=0)
+    cfg = SFTConfig(steps=8, seq_len=256, batch_size=2, lr=3e-3, warmup_steps=1, log_every=2)
+    whole = fine_tune(tmp_path/'base', tmp_path/'whole', ex, cfg)
+    r = fine_tune(tmp_path/'base', tmp_path/'part', ex, cfg, ckpt_every=3, stop_after=5)
+    assert r['status'] == 'stopped' and r['global_step'] == 5 and not (tmp_path/'part').exists()
+    assert (tmp_path/'part_train'/'checkpoints'/'step_5').is_dir()
+    part = fine_tune(tmp_path/'base', tmp_path/'part', ex, cfg)
+    a, b = load_file(tmp_path/'whole'/'model.safetensors'), load_file(tmp_path/'part'/'model.safetensors')
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert part['final_lm_loss'] == whole['final_lm_loss']
+    recs = json.loads((tmp_path/'part'/'sft_metrics.json').read_text())
+    assert [r['global_step'] for r in recs] == [2, 4, 6, 8]                     # the metrics of both halves, once each
+
+
+def test_sft_refuses_checkpoints_of_other_settings(tok, model, tmp_path):
+    save_model_dir(model, tok, tmp_path/'base')
+    ex = build_sft_examples(synthetic_items(4, langs=['en'], seed=0), seed=0)
+    cfg = SFTConfig(steps=4, seq_len=256, batch_size=2, warmup_steps=1, log_every=2)
+    assert fine_tune(tmp_path/'base', tmp_path/'sft', ex, cfg, stop_after=2)['status'] == 'stopped'
+    with pytest.raises(CompassError, match='other settings or data'):
+        fine_tune(tmp_path/'base', tmp_path/'sft', ex, cfg.replace(lr=5e-4))
 
 
 # ---- generation -----------------------------------------------------------------------------------------------
@@ -332,3 +362,78 @@ def test_cost_configs():
     assert st['dense_active']['active'] < st['moe']['active'] < st['dense_total']['active']
     rows = accounting_table()
     assert rows[0]['active_b'] < rows[1]['active_b'] and abs(rows[0]['total_b'] - rows[1]['total_b']) / rows[1]['total_b'] < 0.01
+
+
+# ---- the `compass` command: user errors end in one line, never a traceback (#23) -----------------------------------
+import shutil, subprocess, sys
+from pathlib import Path
+
+
+def compass(*args, input=None):
+    exe = shutil.which('compass') or str(Path(sys.executable).parent/'compass')
+    return subprocess.run([exe, *args], input=input, capture_output=True, timeout=600)
+
+
+@pytest.fixture(scope='module')
+def model_dir(tok, model, tmp_path_factory):
+    return save_model_dir(model, tok, tmp_path_factory.mktemp('cli')/'model')
+
+
+def user_error(r, *needles):
+    err = r.stderr.decode('utf-8', 'replace')
+    assert r.returncode == 2, err[-2000:]
+    assert 'compass: error: ' in err and 'Traceback' not in err, err[-2000:]
+    for n in needles: assert n in err, (n, err[-2000:])
+
+
+@pytest.mark.parametrize('opts,needle', [
+    (['--batch-size', '0'], 'batch_size: must be a positive integer'),
+    (['--batch-size', '-1'], 'batch_size: must be a positive integer'),
+    (['--temperature', 'nan'], 'temperature: must be a finite number'),
+])
+def test_cli_generate_refuses_bad_settings(model_dir, tmp_path, opts, needle):
+    (tmp_path/'p.txt').write_text('hello\n')
+    user_error(compass('generate', str(tmp_path/'p.txt'), '--out', str(tmp_path/'o.jsonl'), '--model', str(model_dir), *opts), needle)
+    assert not (tmp_path/'o.jsonl').exists()
+
+
+def test_cli_generate_out_is_a_folder(model_dir, tmp_path):
+    (tmp_path/'p.txt').write_text('hello\n')
+    user_error(compass('generate', str(tmp_path/'p.txt'), '--out', str(tmp_path), '--model', str(model_dir)), 'is a folder')
+
+
+def test_cli_generate_prompts_not_utf8(model_dir, tmp_path):
+    (tmp_path/'p.txt').write_bytes(b'hello\n\nbad \xff\xfe bytes\n')
+    user_error(compass('generate', str(tmp_path/'p.txt'), '--out', str(tmp_path/'o.jsonl'), '--model', str(model_dir)),
+               'p.txt:3: invalid UTF-8')
+
+
+@pytest.mark.parametrize('name,content,where', [
+    ('p.jsonl', '{"prompt": "a"}\n\n\n{"text": "no prompt"}\n', 'p.jsonl:4'),
+    ('p.jsonl', '\n{"prompt": "a"}\n\n{"prompt": "b", "mode": "slow"}\n', 'p.jsonl:4'),
+])
+def test_cli_generate_prompts_error_line_counts_blank_lines(model_dir, tmp_path, name, content, where):
+    (tmp_path/name).write_text(content)
+    user_error(compass('generate', str(tmp_path/name), '--out', str(tmp_path/'o.jsonl'), '--model', str(model_dir)), where)
+
+
+@pytest.mark.parametrize('damage', ['missing', 'truncated'])
+def test_cli_generate_half_written_model(model_dir, tmp_path, damage):
+    half = tmp_path/'half'
+    shutil.copytree(model_dir, half)
+    w = half/'model.safetensors'
+    if damage == 'missing': w.unlink()
+    else: w.write_bytes(w.read_bytes()[:1000])
+    (tmp_path/'p.txt').write_text('hello\n')
+    user_error(compass('generate', str(tmp_path/'p.txt'), '--out', str(tmp_path/'o.jsonl'), '--model', str(half)), 'cannot load the model')
+
+
+def test_cli_chat_survives_binary_stdin(model_dir):
+    r = compass('chat', '--model', str(model_dir), '--max-new-tokens', '3', input=b'\xff\xfe\x00\x01 binary\nhello\n/exit\n')
+    out, err = r.stdout.decode('utf-8', 'replace'), r.stderr.decode('utf-8', 'replace')
+    assert r.returncode == 0 and 'Traceback' not in err, err[-2000:]
+    assert 'not valid UTF-8' in out and out.count('compass> ') == 1    # the bad line is skipped, the next one answered
+
+
+def test_cli_chat_refuses_nan_temperature(model_dir):
+    user_error(compass('chat', '--model', str(model_dir), '--temperature', 'nan', input=b'hi\n'), 'temperature')
