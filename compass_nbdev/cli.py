@@ -12,16 +12,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 import yaml
 from .core import Config, ConfigError, CompassError, atomic_write_text, load_config_file, resolve_data_dir, get_logger, SYNTHETIC
-from .data import DataConfig, run_data_stage, load_clean
-from .tokenizer import TokenizerConfig, TOKENIZER_PRESETS, train_tokenizer, save_tokenizer, eval_lines, eval_tokenizer_stage
+from . import data, tokenizer
+from .data import DataConfig
+from .tokenizer import TokenizerConfig, TOKENIZER_PRESETS, eval_tokenizer_stage
 from .train import TrainConfig, TRAIN_PRESETS, train_stage
 from .evaluate import eval_stage, report_stage
 from .chat import SFTConfig
 
 # %% auto #0
 __all__ = ['PRESETS', 'log', 'STAGES', 'AFTER_STAGES', 'EvalConfig', 'SFTRunConfig', 'RunConfig', 'parse_overrides',
-           'resolve_config', 'RunDir', 'data_stage', 'tokenizer_stage', 'train_run_stage', 'eval_run_stage',
-           'report_run_stage', 'sft_stage', 'run_recipe', 'make_parser', 'chat_model_dir', 'main']
+           'resolve_config', 'RunDir', 'train_run_stage', 'eval_run_stage', 'report_run_stage', 'sft_stage',
+           'run_recipe', 'make_parser', 'chat_model_dir', 'main']
 
 # %% ../nbs/90_cli.ipynb #8734c2d6
 @dataclass
@@ -139,22 +140,6 @@ class RunDir:
 # %% ../nbs/90_cli.ipynb #99919fd3
 log = get_logger('cli')
 
-def data_stage(cfg:RunConfig, run:RunDir)->dict:
-    "Run the data stage into `run/data`."
-    data_dir = resolve_data_dir(cfg.data_dir) or SYNTHETIC
-    log.info("data stage: %s", data_dir)
-    return run_data_stage(cfg.data, data_dir, run/'data')
-
-def tokenizer_stage(cfg:RunConfig, run:RunDir)->dict:
-    "Train the merged tokenizer on the cleaned corpus (`run/data/clean`) into `run/tokenizer`."
-    corpus = load_clean(run/'data'/'clean')
-    data_dir = resolve_data_dir(cfg.data_dir)
-    tt = train_tokenizer(cfg.tokenizer, corpus, exclude=eval_lines(data_dir), show_progress=log.isEnabledFor(logging.INFO))
-    save_tokenizer(tt.tokenizer, run/'tokenizer', tt.report)
-    if data_dir is not None and (data_dir/'eval'/'bpb').is_dir():  # bytes per token on NTREX, ours only (peers: `compass tokenizer eval`)
-        eval_tokenizer_stage(run/'tokenizer', data_dir, run/'eval'/'tokenizer_eval.json', peers=[])
-    return {k: tt.report[k] for k in ('vocab_size', 'train_s')}
-
 def train_run_stage(cfg:RunConfig, run:RunDir)->dict:
     "Staged pretraining on the cleaned corpus with the run's tokenizer; resumes from the latest checkpoint."
     out = train_stage(cfg.train, run.path, run/'tokenizer', data=run/'data'/'clean')
@@ -189,7 +174,8 @@ def sft_stage(cfg:RunConfig, run:RunDir)->dict:
     out = sft(run/'model', run/'sft', examples, s.sft_config())
     return {k: v for k, v in out.items() if k != 'config'}
 
-STAGES = {'data': data_stage, 'tokenizer': tokenizer_stage, 'train': train_run_stage,
+STAGES = {'data': lambda cfg, run: data.run(cfg.data, run.path, cfg.data_dir),
+          'tokenizer': lambda cfg, run: tokenizer.run(cfg.tokenizer, run.path, cfg.data_dir), 'train': train_run_stage,
           'eval': eval_run_stage, 'report': report_run_stage}  # `compass run` runs these in order
 AFTER_STAGES = {'sft': sft_stage}  # run only when named: `compass sft`
 
