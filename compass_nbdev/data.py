@@ -21,7 +21,7 @@ from .core import (CompassError, ConfigError, DataError, Config, setting, LANGS,
 __all__ = ['log', 'COLUMNS', 'SIMP_ONLY', 'TRAD_ONLY', 'REASONS', 'ScriptRules', 'DataConfig', 'Records', 'read_jsonl',
            'split_doc', 'load_corpus', 'normalize_text', 'quality_signals', 'quality_reason', 'variant_counts',
            'chinese_variant', 'detect_lang', 'clean_doc', 'minhash_signatures', 'lsh_params', 'near_duplicates',
-           'CleanReport', 'clean_corpus', 'signatures_parallel', 'mix_weights', 'sample_mix', 'plot_report', 'plot_mix',
+           'CleanReport', 'signatures_parallel', 'clean_corpus', 'mix_weights', 'sample_mix', 'plot_report', 'plot_mix',
            'report_markdown', 'write_clean', 'load_clean', 'run']
 
 # %% ../nbs/11_data.ipynb #e8893a64
@@ -234,6 +234,17 @@ def _synthetic_rows(n_per_lang:int, langs, sources, seed:int)->list[dict]:
     return rows if sources is None else [r for r in rows if r['source'] in sources]
 
 # %% ../nbs/11_data.ipynb #2c1b622a
+def _warn_dropped(st:dict, root:Path|None):
+    "Warn about skipped records and log ignored files."
+    if st['skipped']:
+        first = st['skipped'][0]
+        warnings.warn(f"skipped {len(st['skipped'])} bad records (first: {first})")
+        log.warning("skipped %d bad records; first: %s", len(st['skipped']), first)
+    if st['ignored']:
+        log.warning("ignored %d entries that are not corpus/<lang>/*.jsonl[.gz]: %s", len(st['ignored']),
+                    ', '.join(p.relative_to(root).as_posix() for p in st['ignored'][:10]))
+
+# %% ../nbs/11_data.ipynb #c49441e7
 def load_corpus(data_dir:str|Path|None=None, # data dir; None: $COMPASS_DATA_DIR, else synthetic; 'synthetic': synthetic (see `resolve_data_dir`)
                 langs:list[str]|None=None, # languages to keep (None = all)
                 sources:list[str]|None=None, # sources (file stems) to keep (None = all)
@@ -259,16 +270,6 @@ def load_corpus(data_dir:str|Path|None=None, # data dir; None: $COMPASS_DATA_DIR
                      ignored=[p.relative_to(root).as_posix() for p in st['ignored']])
     return datasets.Dataset.from_dict({c: [r[c] for r in rows] for c in COLUMNS})
 
-def _warn_dropped(st:dict, root:Path|None):
-    "Warn about skipped records and log ignored files."
-    if st['skipped']:
-        first = st['skipped'][0]
-        warnings.warn(f"skipped {len(st['skipped'])} bad records (first: {first})")
-        log.warning("skipped %d bad records; first: %s", len(st['skipped']), first)
-    if st['ignored']:
-        log.warning("ignored %d entries that are not corpus/<lang>/*.jsonl[.gz]: %s", len(st['ignored']),
-                    ', '.join(p.relative_to(root).as_posix() for p in st['ignored'][:10]))
-
 # %% ../nbs/11_data.ipynb #0f999f56
 _CTRL = re.compile('[\x00-\x08\x0b\x0e-\x1f\x7f-\x9f\u00ad\u200b\u2060\ufeff\ufffe\uffff\ud800-\udfff]')
 
@@ -283,6 +284,7 @@ def _squeeze(t:str)->str:
         out.append(l); blank = False
     return ''.join(out)
 
+# %% ../nbs/11_data.ipynb #62dff6ef
 def normalize_text(text:str, # raw document text
                    form:str='NFKC', # Unicode normalization form
                   )->str:
@@ -317,6 +319,7 @@ def _dup_line_frac(text:str)->float:
         seen.add(l)
     return dup / max(len(text), 1)
 
+# %% ../nbs/11_data.ipynb #4474ede0
 def quality_signals(text:str, # normalized text
                     spaced:bool=True, # does the script separate words by spaces?
                     rep_ngram:int=3, # n for the repetition check (words if spaced else chars)
@@ -331,6 +334,7 @@ def quality_signals(text:str, # normalized text
             'rep_frac': _rep_frac(words if spaced else ''.join(words), rep_ngram),
             'dup_line_frac': _dup_line_frac(text)}
 
+# %% ../nbs/11_data.ipynb #aac76f16
 def quality_reason(sig:dict, rules:ScriptRules)->str|None:
     "The first filter `sig` fails under `rules`, or None if the doc passes."
     if sig['chars'] < rules.min_chars: return 'too_short'
@@ -372,6 +376,7 @@ def _identifier():
         _IDENT.set_languages([l for l in _LANGID_SET if l in _IDENT.nb_classes])
     return _IDENT
 
+# %% ../nbs/11_data.ipynb #f8bd1b9a
 def detect_lang(text:str, # normalized text
                 label:str, # the language it is labelled with
                 min_prob:float=0.99, # langid confidence needed to disagree with the label
@@ -432,6 +437,7 @@ def _powers(n:int):
             _POW['inv'] = np.cumprod(np.r_[np.uint64(1), np.full(n-1, inv, np.uint64)], dtype=np.uint64)
     return _POW['pow'][:n], _POW['inv'][:n]
 
+# %% ../nbs/11_data.ipynb #92942e7c
 def _token_hashes(texts:list[str], spaced:bool)->tuple[np.ndarray, np.ndarray]:
     "Hashes of the tokens (words if `spaced`, else non-space chars) of each text, concatenated, and counts per text."
     if not spaced:
@@ -451,6 +457,7 @@ def _token_hashes(texts:list[str], spaced:bool)->tuple[np.ndarray, np.ndarray]:
         wh = (S[ends] - S[starts]) * inv[starts]       # position-independent polynomial hash of each word
     return wh, np.array([len(t.split()) for t in texts], np.int64)
 
+# %% ../nbs/11_data.ipynb #adad5fbe
 def _ngram_hashes(tok:np.ndarray, counts:np.ndarray, n:int)->tuple[np.ndarray, np.ndarray]:
     "Hashes of the token n-grams of each doc (one shingle of all tokens when a doc has fewer than n)."
     D = len(counts)
@@ -471,6 +478,7 @@ def _perms(num_perm:int, seed:int):
     return (rng.integers(1, 2**63, num_perm, dtype=np.uint64) | np.uint64(1),
             rng.integers(0, 2**63, num_perm, dtype=np.uint64))
 
+# %% ../nbs/11_data.ipynb #5edc1723
 def minhash_signatures(texts:list[str], # normalized texts
                        spaced:bool|list[bool]=True, # word shingles (True) or char shingles (False), per text or for all
                        num_perm:int=128, # hash functions
@@ -510,6 +518,7 @@ def lsh_params(threshold:float, num_perm:int)->tuple[int,int]:
         if best is None or err < best: best, br = err, (b, r)
     return br
 
+# %% ../nbs/11_data.ipynb #fd3c4fc7
 def near_duplicates(sig:np.ndarray, # (n_docs, num_perm) MinHash signatures
                     threshold:float=0.8, # estimated Jaccard at or above which two docs are duplicates
                    )->np.ndarray:
@@ -576,45 +585,6 @@ class CleanReport:
                 for r in rows.itertuples()]
 
 # %% ../nbs/11_data.ipynb #dfa4259d
-def clean_corpus(ds, # a corpus from `load_corpus`
-                 cfg:DataConfig|None=None, # settings
-                 skipped:int=0, # bad records skipped while loading, carried into the report
-                ):
-    "Clean and deduplicate `ds`: returns (kept `datasets.Dataset`, `CleanReport`)."
-    import datasets
-    cfg = cfg or DataConfig()
-    timer = _StageTimer()
-    ids, texts, langs = list(ds['id']), list(ds['text']), list(ds['lang'])
-    n = len(texts)
-    bs = max(256, math.ceil(n / (8 * cfg.num_proc)))
-    jobs = [(texts[i:i+bs], langs[i:i+bs], cfg) for i in range(0, n, bs)]
-    res = [r for part in _pool_map(_clean_batch, jobs, cfg.num_proc) for r in part]
-    norm = [r[0] for r in res]; reason = [r[1] for r in res]; det = [r[2] for r in res]
-    timer('normalize+filter+langid')
-    if cfg.exact_dedup:
-        seen = set()
-        for i in range(n):
-            if reason[i] is not None: continue
-            h = hashlib.blake2b(norm[i].encode('utf-8', 'surrogatepass'), digest_size=16).digest()
-            if h in seen: reason[i] = 'exact_dup'
-            seen.add(h)
-    timer('exact_dedup')
-    if cfg.near_dup_threshold is not None:
-        cand = [i for i in range(n) if reason[i] is None]
-        sig = signatures_parallel([norm[i] for i in cand], [LANGS[langs[i]].spaced for i in cand], cfg)
-        timer('minhash')
-        for i in np.asarray(cand)[near_duplicates(sig, cfg.near_dup_threshold)]: reason[i] = 'near_dup'
-        timer('lsh')
-    nbytes = [len(t.encode('utf-8', 'surrogatepass')) for t in texts]
-    docs = pd.DataFrame({'id': ids, 'lang': langs, 'source': list(ds['source']), 'domain': list(ds['domain']),
-                         'bytes': nbytes, 'reason': pd.array(reason, dtype=object), 'detected': pd.array(det, dtype=object)})
-    removed_text = {i: norm[i] for i in range(n) if reason[i] is not None}
-    keep = [i for i in range(n) if reason[i] is None]
-    cols = {'id': ids, 'text': norm, 'lang': langs, 'domain': docs.domain.tolist(), 'source': docs.source.tolist()}
-    kept = datasets.Dataset.from_dict({c: [v[i] for i in keep] for c,v in cols.items()})
-    timer('report')
-    return kept, CleanReport(docs, removed_text, timer.wall, skipped, timer.cpu)
-
 class _StageTimer:
     "Wall and CPU seconds (this process + finished workers) since the previous call, by stage name."
     def __init__(self): self.wall, self.cpu, self._t = {}, {}, self._now()
@@ -626,6 +596,17 @@ class _StageTimer:
         self.wall[name], self.cpu[name] = now[0] - self._t[0], now[1] - self._t[1]
         self._t = now
 
+# %% ../nbs/11_data.ipynb #df6a3472
+def _mark_exact_dups(norm:list[str], reason:list)->None:
+    "Mark later copies of a kept normalized text as 'exact_dup' (in place)."
+    seen = set()
+    for i, t in enumerate(norm):
+        if reason[i] is not None: continue
+        h = hashlib.blake2b(t.encode('utf-8', 'surrogatepass'), digest_size=16).digest()
+        if h in seen: reason[i] = 'exact_dup'
+        seen.add(h)
+
+# %% ../nbs/11_data.ipynb #5d6b368f
 def signatures_parallel(texts:list[str], spaced:list[bool], cfg:DataConfig)->np.ndarray:
     "MinHash signatures of `texts`, computed in `cfg.num_proc` processes."
     if not texts: return np.zeros((0, cfg.num_perm), np.uint32)
@@ -634,6 +615,41 @@ def signatures_parallel(texts:list[str], spaced:list[bool], cfg:DataConfig)->np.
     return np.concatenate(_pool_map(_sig_job, jobs, cfg.num_proc))
 
 def _sig_job(a): return minhash_signatures(a[0], a[1], num_perm=a[2], ngram=a[3], seed=a[4])
+
+def _mark_near_dups(norm:list[str], langs:list[str], reason:list, cfg:DataConfig, timer:_StageTimer)->None:
+    "Mark documents that near-duplicate an earlier kept one as 'near_dup' (in place)."
+    cand = [i for i in range(len(norm)) if reason[i] is None]
+    sig = signatures_parallel([norm[i] for i in cand], [LANGS[langs[i]].spaced for i in cand], cfg)
+    timer('minhash')
+    for i in np.asarray(cand, dtype=int)[near_duplicates(sig, cfg.near_dup_threshold)]: reason[i] = 'near_dup'
+    timer('lsh')
+
+# %% ../nbs/11_data.ipynb #84e99329
+def clean_corpus(ds, # a corpus from `load_corpus`
+                 cfg:DataConfig|None=None, # settings
+                 skipped:int=0, # bad records skipped while loading, carried into the report
+                ):
+    "Clean and deduplicate `ds`: returns (kept `datasets.Dataset`, `CleanReport`)."
+    import datasets
+    cfg, timer = cfg or DataConfig(), _StageTimer()
+    ids, texts, langs = list(ds['id']), list(ds['text']), list(ds['lang'])
+    n = len(texts)
+    bs = max(256, math.ceil(n / (8 * cfg.num_proc)))
+    jobs = [(texts[i:i+bs], langs[i:i+bs], cfg) for i in range(0, n, bs)]
+    res = [r for part in _pool_map(_clean_batch, jobs, cfg.num_proc) for r in part]
+    norm = [r[0] for r in res]; reason = [r[1] for r in res]; det = [r[2] for r in res]
+    timer('normalize+filter+langid')
+    if cfg.exact_dedup: _mark_exact_dups(norm, reason)
+    timer('exact_dedup')
+    if cfg.near_dup_threshold is not None: _mark_near_dups(norm, langs, reason, cfg, timer)
+    nbytes = [len(t.encode('utf-8', 'surrogatepass')) for t in texts]
+    docs = pd.DataFrame({'id': ids, 'lang': langs, 'source': list(ds['source']), 'domain': list(ds['domain']),
+                         'bytes': nbytes, 'reason': pd.array(reason, dtype=object), 'detected': pd.array(det, dtype=object)})
+    keep = [i for i in range(n) if reason[i] is None]
+    cols = {'id': ids, 'text': norm, 'lang': langs, 'domain': docs.domain.tolist(), 'source': docs.source.tolist()}
+    kept = datasets.Dataset.from_dict({c: [v[i] for i in keep] for c,v in cols.items()})
+    timer('report')
+    return kept, CleanReport(docs, {i: norm[i] for i in range(n) if reason[i] is not None}, timer.wall, skipped, timer.cpu)
 
 # %% ../nbs/11_data.ipynb #2cf3c653
 def _cell_counts(ds_or_counts, unit:str)->pd.DataFrame:
@@ -650,6 +666,7 @@ def _cell_counts(ds_or_counts, unit:str)->pd.DataFrame:
     if (df.n < 0).any() or df.n.sum() <= 0: raise DataError("counts must be >= 0 with a positive total", 'mix_weights')
     return df[df.n > 0].reset_index(drop=True)
 
+# %% ../nbs/11_data.ipynb #96b4307c
 def mix_weights(ds_or_counts, # corpus (Dataset), or counts {lang: n} / {(lang, domain): n}
                 cfg:DataConfig|None=None, # uses mix_alpha, ecommerce_share, mix_unit
                )->pd.DataFrame:
@@ -703,6 +720,14 @@ def sample_mix(ds, # cleaned corpus
     return ds.select(idx.tolist())
 
 # %% ../nbs/11_data.ipynb #5b463f3c
+def _save_png(fig, path:str|Path|None, dpi:int):
+    "Write `fig` as a PNG to `path` atomically (if given); return it."
+    if path is not None:
+        buf = io.BytesIO(); fig.savefig(buf, format='png', dpi=dpi)
+        with atomic_write(path, 'wb') as f: f.write(buf.getvalue())
+    return fig
+
+# %% ../nbs/11_data.ipynb #ce452fae
 _COLORS = {'kept': '#8fbc8f', 'too_short': '#1f77b4', 'too_long': '#aec7e8', 'few_words': '#9467bd', 'symbols': '#e377c2',
            'digits': '#bcbd22', 'repetition': '#ff7f0e', 'lang_mismatch': '#d62728', 'exact_dup': '#7f7f7f', 'near_dup': '#c7c7c7'}
 
@@ -722,11 +747,9 @@ def plot_report(rep:CleanReport, path:str|Path|None=None, dpi:int=90):
     a2.tick_params(axis='y', labelsize=7)
     if cols: fig.legend(handles=[plt.Rectangle((0,0),1,1,color=_COLORS[c]) for c in cols], labels=cols, loc='lower center', ncol=len(cols), fontsize=8)
     fig.tight_layout(rect=(0, 0.05, 1, 1))
-    if path is not None:
-        buf = io.BytesIO(); fig.savefig(buf, format='png', dpi=dpi)
-        with atomic_write(path, 'wb') as f: f.write(buf.getvalue())
-    return fig
+    return _save_png(fig, path, dpi)
 
+# %% ../nbs/11_data.ipynb #58d91aca
 def plot_mix(mw:pd.DataFrame, path:str|Path|None=None, dpi:int=90):
     "Natural share vs sampling weight per language, e-commerce part hatched; saved to `path` if given."
     import matplotlib.pyplot as plt
@@ -741,10 +764,7 @@ def plot_mix(mw:pd.DataFrame, path:str|Path|None=None, dpi:int=90):
         ax.bar(x + off, e, 0.4, bottom=oth, color=c, hatch='//', edgecolor='white', label=f'{col} (e-commerce)')
     ax.set_xticks(x, langs); ax.set_ylabel('share'); ax.legend(fontsize=8); ax.set_title('Language mix: natural vs sampled')
     fig.tight_layout()
-    if path is not None:
-        buf = io.BytesIO(); fig.savefig(buf, format='png', dpi=dpi)
-        with atomic_write(path, 'wb') as f: f.write(buf.getvalue())
-    return fig
+    return _save_png(fig, path, dpi)
 
 # %% ../nbs/11_data.ipynb #93f4e6b3
 def _removed_sections(rep:CleanReport)->list[str]:

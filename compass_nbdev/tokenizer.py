@@ -115,6 +115,7 @@ def empty_bpe(split:str='sea')->Tokenizer:
     tok.decoder = decoders.ByteLevel()
     return tok
 
+# %% ../nbs/20_tokenizer.ipynb #d204c562
 def train_bpe(texts:list[str], # training documents
               vocab_size:int, # target vocabulary, specials and bytes included
               split:str='sea', # a key of `SPLITS`
@@ -143,6 +144,17 @@ def texts_by_lang(corpus, # a `datasets.Dataset` or list of dicts with `text` an
     for t, l in zip(texts, langs): out.setdefault(l, []).append(t)
     return out
 
+# %% ../nbs/20_tokenizer.ipynb #ed690fc7
+def _take(docs:list[str], cap:float, exclude)->tuple[list[str], int, int]:
+    "Documents in order until `cap` bytes, leaving out those with an excluded line: (taken, bytes, dropped)."
+    sel, n, dropped = [], 0, 0
+    for t in docs:  # one pass: at most `cap` bytes
+        if n >= cap: break
+        if exclude and any(ln.strip() in exclude for ln in t.splitlines()): dropped += 1; continue
+        sel.append(t); n += len(t.encode())
+    return sel, n, dropped
+
+# %% ../nbs/20_tokenizer.ipynb #8b5af034
 def group_texts(corpus, # see `texts_by_lang`
                 langs:list[str], # languages of this group
                 bytes_per_lang:int, # byte budget per language
@@ -157,11 +169,7 @@ def group_texts(corpus, # see `texts_by_lang`
         random.Random(f"{seed}:{lang}").shuffle(docs)
         w = (weights or {}).get(lang, 1.0)
         cap = bytes_per_lang if w >= 1 else min(bytes_per_lang, sum(len(t.encode()) for t in docs)) * w
-        sel, n = [], 0
-        for t in docs:  # one pass: at most `cap` bytes
-            if n >= cap: break
-            if exclude and any(ln.strip() in exclude for ln in t.splitlines()): dropped += 1; continue
-            sel.append(t); n += len(t.encode())
+        sel, n, d = _take(docs, cap, exclude); dropped += d
         base, i = n, 0
         while sel and n < base * w:  # w > 1: repeat the selection
             t = sel[i % len(sel)]; sel.append(t); n += len(t.encode()); i += 1
@@ -205,6 +213,28 @@ def _byte_chars(text:str)->str:
     return ''.join(c for c, _ in pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False).pre_tokenize_str(text))
 
 # %% ../nbs/20_tokenizer.ipynb #ad4b7373
+def _add_token(t:str, steps:int, vocab:dict, merges:list, ranks:dict)->bool:
+    "Add merges (at most `steps`) until `t` encodes as one token, in place; False if it needs more."
+    p = apply_merges(t, ranks)
+    if len(p) - 1 > steps: return False
+    while len(p) > 1:
+        a, b = p[0], p[1]
+        if a + b not in vocab: vocab[a + b] = len(vocab)
+        ranks[(a, b)] = len(merges); merges.append((a, b)); p = apply_merges(t, ranks)
+    return True
+
+# %% ../nbs/20_tokenizer.ipynb #e90e74aa
+def _add_chars(chars:list[str], vocab:dict, merges:list, ranks:dict, vocab_size:int)->dict:
+    "Make each character one token while they fit (in place); counts of added and present."
+    st = dict(added=0, present=0)
+    for c in chars:
+        t, n = _byte_chars(c), len(vocab)
+        if t in vocab: st['present'] += 1; continue
+        if n + len(apply_merges(t, ranks)) - 1 > vocab_size: break  # it might not fit
+        _add_token(t, len(t), vocab, merges, ranks); st['added'] += len(vocab) - n
+    return st
+
+# %% ../nbs/20_tokenizer.ipynb #6b1397b6
 def merge_bpe(subs:dict[str, Tokenizer], # name -> trained sub-tokenizer; the first is the base
               vocab_size:int, # cap on the merged vocabulary
               split:str='sea', # the pre-tokenizer all subs were trained with
@@ -216,31 +246,15 @@ def merge_bpe(subs:dict[str, Tokenizer], # name -> trained sub-tokenizer; the fi
     vocab = dict(sorted(vocab.items(), key=lambda kv: kv[1]))
     if sorted(vocab.values()) != list(range(len(vocab))): raise DataError("base vocabulary ids are not 0..n-1", names[0])
     ranks = {m: i for i, m in enumerate(merges)}
-    def add(t, steps):  # add merges (at most `steps`) until `t` encodes as one token; False if it needs more
-        p = apply_merges(t, ranks)
-        if len(p) - 1 > steps: return False
-        while len(p) > 1:
-            a, b = p[0], p[1]
-            if a + b not in vocab: vocab[a + b] = len(vocab)
-            ranks[(a, b)] = len(merges); merges.append((a, b)); p = apply_merges(t, ranks)
-        return True
-    stats = {'chars': dict(added=0, present=0)}
-    for c in chars or []:  # a character first: the words that contain it become reachable
-        t, n = _byte_chars(c), len(vocab)
-        if t in vocab: stats['chars']['present'] += 1; continue
-        if n + len(apply_merges(t, ranks)) - 1 > vocab_size: break  # it might not fit
-        add(t, len(t)); stats['chars']['added'] += len(vocab) - n
-    cands = []
-    for j, n in enumerate(names[1:], 1):
-        _, ms = bpe_parts(subs[n])
-        cands += [((i + 1) / len(ms), j, a + b) for i, (a, b) in enumerate(ms)]
-    cands.sort()
+    stats = {'chars': _add_chars(chars or [], vocab, merges, ranks, vocab_size)}
+    cands = sorted(((i + 1) / len(ms), j, a + b) for j, n in enumerate(names[1:], 1)
+                   for ms in [bpe_parts(subs[n])[1]] for i, (a, b) in enumerate(ms))
     stats.update({n: dict(added=0, duplicate=0, unreachable=0) for n in names[1:]})
     for _, j, t in cands:
         if len(vocab) >= vocab_size: break
         st = stats[names[j]]
         if t in vocab: st['duplicate'] += 1; continue
-        if not add(t, 1): st['unreachable'] += 1; continue
+        if not _add_token(t, 1, vocab, merges, ranks): st['unreachable'] += 1; continue
         st['added'] += 1
     tok = empty_bpe(split)
     tok.model = models.BPE(vocab=vocab, merges=merges)
@@ -331,6 +345,7 @@ QWEN_SPLIT = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[
 GPT2_SPLIT = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 MULTILINGUAL_PEERS = ['qwen', 'tekken', 'whisper']
 
+# %% ../nbs/20_tokenizer.ipynb #e7f0b9fe
 def _pkg_file(pkg:str, rel:str)->Path|None:
     "A file inside an installed package, found without importing the package."
     try: spec = importlib.util.find_spec(pkg)
@@ -339,6 +354,7 @@ def _pkg_file(pkg:str, rel:str)->Path|None:
     p = Path(list(spec.submodule_search_locations)[0])/rel
     return p if p.is_file() else None
 
+# %% ../nbs/20_tokenizer.ipynb #542fc62d
 def _tiktoken(name, path, pat, ranks=None):
     import tiktoken
     if ranks is None:
@@ -365,6 +381,7 @@ PEERS = {  # name: (package, file inside it, loader)
     'gpt2': ('whisper', 'assets/gpt2.tiktoken', lambda p: _tiktoken('gpt2', p, GPT2_SPLIT)),
 }
 
+# %% ../nbs/20_tokenizer.ipynb #f994b485
 def load_peers(names:list[str]|None=None, # subset of `PEERS` (None: all)
               )->dict:
     "Token counters {name: f(texts) -> total tokens} for the peers whose packages are installed."
@@ -398,6 +415,7 @@ def ntrex_texts(data_dir:str|Path|None=None, # data directory (None: $COMPASS_DA
         if l not in files: raise DataError(f"no ntrex.{l}.jsonl; available: {', '.join(files)}", str(d/'eval'/'bpb'))
     return {l: [r['text'] for r in read_jsonl(files[l], required=('text',))] for l in (langs or files)}
 
+# %% ../nbs/20_tokenizer.ipynb #7340988a
 def compare_tokenizers(counters:dict, # name -> f(texts) -> total tokens
                        texts:dict[str, list[str]], # lang -> sentences
                       )->dict:
@@ -412,6 +430,7 @@ def compare_tokenizers(counters:dict, # name -> f(texts) -> total tokens
             res[name][lang] = r
     return res
 
+# %% ../nbs/20_tokenizer.ipynb #e96d9bec
 def headline(res:dict, # from `compare_tokenizers`
              ours:str='merged', # our tokenizer's name in `res`
              peers:list[str]=MULTILINGUAL_PEERS, # peers to beat (those present in `res`)
