@@ -35,21 +35,21 @@ class PeakRSS:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     ap.add_argument('data_dir'); ap.add_argument('--num-proc', type=int, default=2)
-    ap.add_argument('--out', default=None, help='output dir (default: a temporary dir)')
+    ap.add_argument('--out', default=None, help='run folder to write data/ into (default: a temporary dir)')
     ap.add_argument('--threshold', type=float, default=0.8); ap.add_argument('--num-perm', type=int, default=128)
     a = ap.parse_args(argv)
     import matplotlib; matplotlib.use('Agg')
-    from compass_nbdev.data import DataConfig, run_data_stage
+    from compass_nbdev.data import DataConfig, run
     cfg = DataConfig(num_proc=a.num_proc, near_dup_threshold=a.threshold, num_perm=a.num_perm)
-    out = Path(a.out) if a.out else Path(tempfile.mkdtemp(prefix='data_bench_'))/'data'
+    out = Path(a.out) if a.out else Path(tempfile.mkdtemp(prefix='data_bench_'))
     mem = PeakRSS()
     t0, c0 = time.perf_counter(), os.times()
-    s = run_data_stage(cfg, a.data_dir, out)
+    s = run(cfg, out, a.data_dir)
     total, c1 = time.perf_counter() - t0, os.times()
     peak = mem.stop()
     cpu = (c1.user - c0.user) + (c1.system - c0.system) + (c1.children_user - c0.children_user) + (c1.children_system - c0.children_system)
     print(f"cpu seconds (main + workers) {cpu:.1f}; wall {total:.1f}; load average now {os.getloadavg()}", file=sys.stderr)
-    print(f"docs in {s['docs_in']:,}, kept {s['kept_docs']:,}; bytes in {s['bytes_in']:,}; output in {out}", file=sys.stderr)
+    print(f"docs in {s['docs_in']:,}, kept {s['kept_docs']:,}; bytes in {s['bytes_in']:,}; output in {out/'data'}", file=sys.stderr)
     print(f"  {'stage':<26}{'wall s':>8}{'cpu s':>8}", file=sys.stderr)
     for k, v in s['seconds'].items(): print(f"  {k:<26}{v:8.2f}{s['cpu_seconds'].get(k, float('nan')):8.2f}", file=sys.stderr)
     for r, v in s['removed_by_reason'].items(): print(f"  removed {r:<18}{v['docs']:8,} docs {v['bytes']:12,} bytes", file=sys.stderr)

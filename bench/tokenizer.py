@@ -11,12 +11,16 @@ from pathlib import Path
 
 def _child(kind:str, preset:str, data_dir:str, out:str):
     "Run one training in this (child) process and print a JSON report line."
-    from compass_nbdev.tokenizer import (TokenizerConfig, train_tokenizer_stage, train_bpe, group_texts, eval_lines,
+    from compass_nbdev.tokenizer import (TokenizerConfig, train_tokenizer, train_bpe, group_texts, eval_lines,
                                          to_hf, save_tokenizer)
     from compass_nbdev.data import load_corpus
     t = time.perf_counter()
-    if kind == 'merged':
-        rep = train_tokenizer_stage(preset, data_dir, out, show_progress=False)
+    if kind == 'merged':  # the raw corpus of the data directory (not a run's cleaned one), as the presets were tuned
+        cfg = TokenizerConfig.preset(preset)
+        corpus = load_corpus(data_dir, langs=sorted({l for ls in cfg.groups.values() for l in ls}), seed=cfg.seed)
+        tt = train_tokenizer(cfg, corpus, exclude=eval_lines(data_dir))
+        save_tokenizer(tt.tokenizer, out, tt.report)
+        rep = tt.report
         rep = {'train_s': rep['train_s'], 'vocab_size': rep['vocab_size'], 'merge': rep['merge'],
                'groups': {g: {k: v for k, v in r.items() if k != 'langs'} for g, r in rep['groups'].items()}}
     else:  # one BPE of the same size, on the same texts as all the groups together

@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 import yaml
 from .core import Config, ConfigError, CompassError, atomic_write_text, load_config_file, resolve_data_dir, get_logger, SYNTHETIC, setting
-from .data import DataConfig, run_data_stage, load_clean
-from .tokenizer import TokenizerConfig, TOKENIZER_PRESETS, train_tokenizer, save_tokenizer, eval_lines, eval_tokenizer_stage
+from . import data, tokenizer
+from .data import DataConfig
+from .tokenizer import TokenizerConfig, TOKENIZER_PRESETS, eval_tokenizer_stage
 from .train import TrainConfig, TRAIN_PRESETS
 from . import train
 from .model import CompassConfig
@@ -24,8 +25,7 @@ from . import sft
 
 # %% auto #0
 __all__ = ['SEEDED', 'PRESETS', 'log', 'STAGES', 'AFTER_STAGES', 'COMMANDS', 'RunConfig', 'check_model_overrides',
-           'parse_overrides', 'resolve_config', 'RunDir', 'data_stage', 'tokenizer_stage', 'run_recipe', 'make_parser',
-           'chat_model_dir', 'main']
+           'parse_overrides', 'resolve_config', 'RunDir', 'run_recipe', 'make_parser', 'chat_model_dir', 'main']
 
 # %% ../nbs/90_cli.ipynb #9362ed7a
 @dataclass
@@ -134,24 +134,9 @@ class RunDir:
 # %% ../nbs/90_cli.ipynb #99919fd3
 log = get_logger('cli')
 
-def data_stage(cfg:RunConfig, run:RunDir)->dict:
-    "Run the data stage into `run/data`."
-    data_dir = resolve_data_dir(cfg.data_dir) or SYNTHETIC
-    log.info("data stage: %s", data_dir)
-    return run_data_stage(cfg.data, data_dir, run/'data')
-
-def tokenizer_stage(cfg:RunConfig, run:RunDir)->dict:
-    "Train the merged tokenizer on the cleaned corpus (`run/data/clean`) into `run/tokenizer`."
-    corpus = load_clean(run/'data'/'clean')
-    data_dir = resolve_data_dir(cfg.data_dir)
-    tt = train_tokenizer(cfg.tokenizer, corpus, exclude=eval_lines(data_dir), show_progress=log.isEnabledFor(logging.INFO))
-    save_tokenizer(tt.tokenizer, run/'tokenizer', tt.report)
-    if data_dir is not None and (data_dir/'eval'/'bpb').is_dir():  # bytes per token on NTREX, ours only (peers: `compass tokenizer eval`)
-        eval_tokenizer_stage(run/'tokenizer', data_dir, run/'eval'/'tokenizer_eval.json', peers=[])
-    return {k: tt.report[k] for k in ('vocab_size', 'train_s')}
-
 # %% ../nbs/90_cli.ipynb #2f63aa5a
-STAGES = {'data': data_stage, 'tokenizer': tokenizer_stage, 'train': train.run,
+STAGES = {'data': lambda cfg, run: data.run(cfg.data, run.path, cfg.data_dir),
+          'tokenizer': lambda cfg, run: tokenizer.run(cfg.tokenizer, run.path, cfg.data_dir), 'train': train.run,
           'eval': lambda cfg, run: evaluate.run(cfg.eval, run.path, cfg.data_dir)}  # `compass run` runs these in order
 AFTER_STAGES = {'report': lambda cfg, run: {'report': str(evaluate.report(run.path))},
                 'sft': sft.run}  # run only when named: `compass report`, `compass sft`

@@ -14,15 +14,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import regex
-from .core import (CompassError, ConfigError, DataError, Config, LANGS, check_lang, resolve_data_dir,
-                                 atomic_write, atomic_write_text, atomic_write_json, get_logger, DATA_DIR_ENV, SYNTHETIC)
+from .core import (CompassError, ConfigError, DataError, Config, setting, LANGS, check_lang, resolve_data_dir,
+                                 atomic_write, atomic_write_text, atomic_write_json, md_table, get_logger, SYNTHETIC)
 
 # %% auto #0
 __all__ = ['log', 'COLUMNS', 'SIMP_ONLY', 'TRAD_ONLY', 'REASONS', 'ScriptRules', 'DataConfig', 'Records', 'read_jsonl',
-           'load_corpus', 'normalize_text', 'quality_signals', 'quality_reason', 'variant_counts', 'chinese_variant',
-           'detect_lang', 'clean_doc', 'minhash_signatures', 'lsh_params', 'near_duplicates', 'CleanReport',
-           'clean_corpus', 'signatures_parallel', 'mix_weights', 'sample_mix', 'plot_report', 'plot_mix',
-           'report_markdown', 'write_clean', 'run_data_stage', 'load_clean']
+           'split_doc', 'load_corpus', 'normalize_text', 'quality_signals', 'quality_reason', 'variant_counts',
+           'chinese_variant', 'detect_lang', 'clean_doc', 'minhash_signatures', 'lsh_params', 'near_duplicates',
+           'CleanReport', 'signatures_parallel', 'clean_corpus', 'mix_weights', 'sample_mix', 'plot_report', 'plot_mix',
+           'report_markdown', 'write_clean', 'load_clean', 'run']
 
 # %% ../nbs/11_data.ipynb #e8893a64
 log = get_logger('data')
@@ -31,71 +31,51 @@ log = get_logger('data')
 @dataclass
 class ScriptRules(Config):
     "Heuristic quality-filter thresholds for one script."
-    min_chars:int=20  # shorter documents are removed ('too_short')
-    max_chars:int|None=None  # longer ones are removed ('too_long'); None = no limit
-    min_words:int=0  # fewer whitespace-separated words: 'few_words' (only sensible for spaced scripts)
-    max_symbol_ratio:float=0.25  # share of non-space chars that are symbols/emoji/unassigned ('symbols')
-    max_digit_ratio:float=0.4  # share of non-space chars that are digits ('digits')
-    rep_ngram:int=3  # n for the repetition check: words (spaced scripts) or chars (unspaced)
-    max_rep_frac:float=0.35  # share of n-grams that repeat an earlier one ('repetition')
-    max_dup_line_frac:float=0.3  # share of chars in lines seen before in the doc ('repetition')
+    min_chars:int=setting(20, ge=0)  # shorter documents are removed ('too_short')
+    max_chars:int|None=setting(None, ge=1)  # longer ones are removed ('too_long'); None = no limit
+    min_words:int=setting(0, ge=0)  # fewer whitespace-separated words: 'few_words' (only sensible for spaced scripts)
+    max_symbol_ratio:float=setting(0.25, ge=0, le=1)  # share of non-space chars that are symbols/emoji/unassigned ('symbols')
+    max_digit_ratio:float=setting(0.4, ge=0, le=1)  # share of non-space chars that are digits ('digits')
+    rep_ngram:int=setting(3, ge=1)  # n for the repetition check: words (spaced scripts) or chars (unspaced)
+    max_rep_frac:float=setting(0.35, ge=0, le=1)  # share of n-grams that repeat an earlier one ('repetition')
+    max_dup_line_frac:float=setting(0.3, ge=0, le=1)  # share of chars in lines seen before in the doc ('repetition')
 
     def validate(self):
-        if self.min_chars < 0: raise ConfigError("must be >= 0", 'min_chars')
         if self.max_chars is not None and self.max_chars <= self.min_chars:
             raise ConfigError(f"must be > min_chars ({self.min_chars})", 'max_chars')
-        if self.min_words < 0: raise ConfigError("must be >= 0", 'min_words')
-        if self.rep_ngram < 1: raise ConfigError("must be >= 1", 'rep_ngram')
-        for k in ('max_symbol_ratio','max_digit_ratio','max_rep_frac','max_dup_line_frac'):
-            if not 0 <= getattr(self, k) <= 1: raise ConfigError(f"must be in [0, 1], got {getattr(self, k)}", k)
 
-# %% ../nbs/11_data.ipynb #398c57c7
+# %% ../nbs/11_data.ipynb #f7a80230
 def _latin(): return ScriptRules(min_chars=20, min_words=3, rep_ngram=3, max_rep_frac=0.35)
 def _thai():  return ScriptRules(min_chars=10, min_words=0, rep_ngram=6, max_rep_frac=0.4, max_symbol_ratio=0.3)
 def _han():   return ScriptRules(min_chars=5, min_words=0, rep_ngram=3, max_rep_frac=0.4, max_digit_ratio=0.5, max_symbol_ratio=0.4)
 
+# %% ../nbs/11_data.ipynb #398c57c7
 @dataclass
 class DataConfig(Config):
     "Settings of the data stage: what to load, how to clean, dedup and mix."
-    langs:list[str]|None=None  # languages to load; None = all of `core.LANGS`
+    langs:list[str]|None=setting(None, choices=tuple(LANGS))  # languages to load; None = all of `core.LANGS`
     sources:list[str]|None=None  # source names (file stems) to load; None = all
-    max_docs_per_source:int|None=None  # seeded sample of at most this many docs per source file
-    on_error:str=field(default='raise', metadata={'choices': ('raise','skip')})  # bad records: raise, or skip and count
-    synthetic_docs_per_lang:int=200  # size of the embedded corpus used when there is no data dir
-    unicode_form:str=field(default='NFKC', metadata={'choices': ('NFC','NFKC')})  # Unicode normalization
-    latin:ScriptRules=field(default_factory=_latin)  # thresholds for Latin-script languages
-    thai:ScriptRules=field(default_factory=_thai)  # thresholds for Thai
-    han:ScriptRules=field(default_factory=_han)  # thresholds for Chinese (both variants)
-    langid:str=field(default='remove', metadata={'choices': ('remove','flag','off')})  # what to do on a mismatch
-    langid_min_prob:float=0.99  # langid confidence needed to call a Latin-script doc mismatched
-    script_min_share:float=0.1  # Thai/Chinese docs need at least this share of letters in their own script
-    langid_min_chars:int=40  # shorter Latin-script docs are not language-checked (langid is unreliable there)
+    max_docs_per_source:int|None=setting(None, ge=1)  # seeded sample of at most this many docs per source file
+    max_doc_bytes:int|None=setting(1_000_000, ge=1000)  # longer documents are split into pieces (at line breaks); None = never
+    on_error:str=setting('raise', choices=('raise','skip'))  # bad records: raise, or skip and count
+    synthetic_docs_per_lang:int=setting(200, ge=1)  # size of the embedded corpus used when there is no data dir
+    unicode_form:str=setting('NFKC', choices=('NFC','NFKC'))  # Unicode normalization
+    latin:ScriptRules=setting(factory=_latin)  # thresholds for Latin-script languages
+    thai:ScriptRules=setting(factory=_thai)  # thresholds for Thai
+    han:ScriptRules=setting(factory=_han)  # thresholds for Chinese (both variants)
+    langid:str=setting('remove', choices=('remove','flag','off'))  # what to do on a mismatch
+    langid_min_prob:float=setting(0.99, ge=0, le=1)  # langid confidence needed to call a Latin-script doc mismatched
+    script_min_share:float=setting(0.1, ge=0, le=1)  # Thai/Chinese docs need at least this share of letters in their own script
+    langid_min_chars:int=setting(40, ge=0)  # shorter Latin-script docs are not language-checked (langid is unreliable there)
     exact_dedup:bool=True  # remove exact duplicates of the normalized text
-    near_dup_threshold:float|None=0.8  # MinHash-LSH Jaccard threshold; None = no near-dup removal
-    num_perm:int=128  # MinHash permutations
-    ngram:int=5  # shingle size: words for spaced scripts, characters for Thai/Chinese
-    mix_alpha:float=0.3  # language sampling p ∝ n^alpha (1 = natural, → 0 = uniform)
-    mix_unit:str=field(default='bytes', metadata={'choices': ('bytes','docs')})  # what n counts
-    ecommerce_share:float|None=None  # share of each language's mass given to e-commerce; None = natural
-    seed:int=0  # seeds sampling and MinHash permutations
-    num_proc:int=2  # worker processes for cleaning and MinHash
-
-    def validate(self):
-        for i,l in enumerate(self.langs or []):
-            try: check_lang(l)
-            except CompassError as e: raise ConfigError(e.msg, f'langs[{i}]') from None
-        if self.max_docs_per_source is not None and self.max_docs_per_source < 1: raise ConfigError("must be >= 1", 'max_docs_per_source')
-        if self.synthetic_docs_per_lang < 1: raise ConfigError("must be >= 1", 'synthetic_docs_per_lang')
-        if not 0 < self.mix_alpha <= 1: raise ConfigError(f"must be in (0, 1], got {self.mix_alpha}", 'mix_alpha')
-        if self.ecommerce_share is not None and not 0 <= self.ecommerce_share <= 1:
-            raise ConfigError(f"must be in [0, 1] or null, got {self.ecommerce_share}", 'ecommerce_share')
-        if self.near_dup_threshold is not None and not 0 < self.near_dup_threshold <= 1:
-            raise ConfigError(f"must be in (0, 1] or null, got {self.near_dup_threshold}", 'near_dup_threshold')
-        if not 0 <= self.langid_min_prob <= 1: raise ConfigError("must be in [0, 1]", 'langid_min_prob')
-        if not 0 <= self.script_min_share <= 1: raise ConfigError("must be in [0, 1]", 'script_min_share')
-        if self.num_perm < 8 or self.num_perm > 1024: raise ConfigError("must be in [8, 1024]", 'num_perm')
-        if self.ngram < 1: raise ConfigError("must be >= 1", 'ngram')
-        if self.num_proc < 1: raise ConfigError("must be >= 1", 'num_proc')
+    near_dup_threshold:float|None=setting(0.8, gt=0, le=1)  # MinHash-LSH Jaccard threshold; None = no near-dup removal
+    num_perm:int=setting(128, ge=8, le=1024)  # MinHash permutations
+    ngram:int=setting(5, ge=1)  # shingle size: words for spaced scripts, characters for Thai/Chinese
+    mix_alpha:float=setting(0.3, gt=0, le=1)  # language sampling p ∝ n^alpha (1 = natural, → 0 = uniform)
+    mix_unit:str=setting('bytes', choices=('bytes','docs'))  # what n counts
+    ecommerce_share:float|None=setting(None, ge=0, le=1)  # share of each language's mass given to e-commerce; None = natural
+    seed:int=setting(0, ge=0)  # seeds sampling and MinHash permutations
+    num_proc:int=setting(2, ge=1)  # worker processes for cleaning and MinHash
 
     def rules(self, lang:str)->ScriptRules:
         "The `ScriptRules` for `lang`'s script."
@@ -110,6 +90,25 @@ class Records(list):
 def _open_bytes(path:Path):
     return gzip.open(path, 'rb') if path.suffix == '.gz' else open(path, 'rb')
 
+# %% ../nbs/11_data.ipynb #c6890ade
+def _parse_line(raw:bytes, # one line of the file
+                required:tuple=(), # fields every record must have
+                types:dict|None=None, # optional {field: type} checks
+               )->tuple[dict|None, str|None]:
+    "(record, None), or (None, what is wrong); (None, None) for a blank line."
+    try: line = raw.decode('utf-8')
+    except UnicodeDecodeError as e: return None, f"invalid UTF-8 at byte {e.start}: {raw[max(0,e.start-10):e.start+10]!r}"
+    if not line.strip(): return None, None
+    try: rec = json.loads(line)
+    except json.JSONDecodeError as e: return None, f"malformed JSON: {e.msg} at column {e.colno}"
+    if not isinstance(rec, dict): return None, f"expected a JSON object, got {type(rec).__name__}"
+    if (miss := [k for k in required if k not in rec]): return None, f"missing field {miss[0]!r}"
+    for k, t in (types or {}).items():
+        if k in rec and not isinstance(rec[k], t):
+            return None, f"field {k!r} should be {getattr(t,'__name__',t)}, got {type(rec[k]).__name__}"
+    return rec, None
+
+# %% ../nbs/11_data.ipynb #d068cd5b
 def read_jsonl(path:str|Path, # a .jsonl or .jsonl.gz file
                on_error:str='raise', # 'raise' a `DataError` at the first bad line, or 'skip' it (see `.skipped`)
                required:tuple=(), # fields every record must have
@@ -119,30 +118,18 @@ def read_jsonl(path:str|Path, # a .jsonl or .jsonl.gz file
     path = Path(path)
     if on_error not in ('raise','skip'): raise ConfigError(f"{on_error!r} is not allowed; choose 'raise' or 'skip'", 'on_error')
     if not path.is_file(): raise DataError("file not found", str(path))
-    out, skipped, lines = [], [], []
-    def bad(msg, ln):
-        e = DataError(msg, f"{path}:{ln}")
-        if on_error == 'raise': raise e
-        skipped.append(e)
+    out = Records(path=path)
     try:
         with _open_bytes(path) as f:
             for ln, raw in enumerate(f, 1):
-                try: line = raw.decode('utf-8')
-                except UnicodeDecodeError as e:
-                    bad(f"invalid UTF-8 at byte {e.start}: {raw[max(0,e.start-10):e.start+10]!r}", ln); continue
-                if not line.strip(): continue
-                try: rec = json.loads(line)
-                except json.JSONDecodeError as e: bad(f"malformed JSON: {e.msg} at column {e.colno}", ln); continue
-                if not isinstance(rec, dict): bad(f"expected a JSON object, got {type(rec).__name__}", ln); continue
-                miss = [k for k in required if k not in rec]
-                if miss: bad(f"missing field {miss[0]!r}", ln); continue
-                wrong = [(k,t) for k,t in (types or {}).items() if k in rec and not isinstance(rec[k], t)]
-                if wrong:
-                    k,t = wrong[0]; bad(f"field {k!r} should be {getattr(t,'__name__',t)}, got {type(rec[k]).__name__}", ln); continue
-                out.append(rec); lines.append(ln)
+                rec, err = _parse_line(raw, required, types)
+                if err is not None:
+                    if on_error == 'raise': raise DataError(err, f"{path}:{ln}")
+                    out.skipped.append(DataError(err, f"{path}:{ln}"))
+                elif rec is not None: out.append(rec); out.lines.append(ln)
     except (OSError, EOFError, zlib.error) as e:  # corrupt or truncated gzip
         raise DataError(f"cannot read: {e}", str(path)) from None
-    return Records(out, skipped, path, lines)
+    return out
 
 # %% ../nbs/11_data.ipynb #2ca3cb52
 COLUMNS = ['id', 'text', 'lang', 'domain', 'source']
@@ -159,18 +146,19 @@ def _check_record(rec:dict, where:str, lang:str|None, source:str, ln:int)->dict:
     return {'id': str(rec.get('id', f"{source}-{ln}")), 'text': rec['text'], 'lang': rl,
             'domain': str(rec.get('domain') or 'general'), 'source': str(rec.get('source') or source)}
 
-def _corpus_files(root:Path, langs, sources)->list[tuple[str,Path]]:
+# %% ../nbs/11_data.ipynb #f66f683d
+def _corpus_files(root:Path, langs, sources, ignored:list)->list[tuple[str,Path]]:
+    "(lang, file) for every corpus file to read; other non-hidden entries are appended to `ignored`."
     cdir = root/'corpus'
     if not cdir.is_dir(): raise DataError("no corpus/ folder in the data directory", str(root))
-    out = []
-    for ldir in sorted(p for p in cdir.iterdir() if p.is_dir()):
-        if ldir.name not in LANGS:
-            raise DataError(f"unknown language code {ldir.name!r}; known: {', '.join(LANGS)}", str(ldir))
+    out, visible = [], lambda d: sorted(p for p in d.iterdir() if not p.name.startswith('.'))
+    for ldir in visible(cdir):
+        if not ldir.is_dir(): ignored.append(ldir); continue
+        if ldir.name not in LANGS: raise DataError(f"unknown language code {ldir.name!r}; known: {', '.join(LANGS)}", str(ldir))
         if langs is not None and ldir.name not in langs: continue
-        for f in sorted(ldir.iterdir()):
-            if not (f.name.endswith('.jsonl') or f.name.endswith('.jsonl.gz')): continue
-            if sources is not None and f.name.split('.')[0] not in sources: continue
-            out.append((ldir.name, f))
+        for f in visible(ldir):
+            if not (f.is_file() and f.name.endswith(('.jsonl', '.jsonl.gz'))): ignored.append(f); continue
+            if sources is None or f.name.split('.')[0] in sources: out.append((ldir.name, f))
     return out
 
 # %% ../nbs/11_data.ipynb #5969419a
@@ -181,84 +169,106 @@ def _sample(recs:list, n:int|None, seed:int, key:str)->list:
     idx = np.sort(np.random.default_rng(s).choice(len(recs), n, replace=False))
     return [recs[i] for i in idx]
 
+# %% ../nbs/11_data.ipynb #dbc88f53
+def _load_file(f:Path, lang:str, on_error:str, skipped:list)->list[dict]:
+    "The checked records of one corpus file; bad ones raise, or are appended to `skipped`."
+    recs, good, src = read_jsonl(f, on_error), [], f.name.split('.')[0]
+    skipped.extend(recs.skipped)
+    for ln, rec in zip(recs.lines, recs):
+        try: good.append(_check_record(rec, f"{f}:{ln}", lang, src, ln))
+        except DataError as e:
+            if on_error == 'raise': raise
+            skipped.append(e)
+    if not good:
+        if on_error == 'raise': raise DataError("no usable records (empty file)", str(f))
+        skipped.append(DataError("no usable records (empty file)", str(f)))
+    return good
+
+# %% ../nbs/11_data.ipynb #75ebf857
 def _load_dir(root:Path, langs, sources, on_error, max_docs, seed, stats)->list[dict]:
-    rows = []
-    files = _corpus_files(root, langs, sources)
+    "Rows of every corpus file under `root`, sampled per source; `stats` gets files, skipped, ignored."
+    files = _corpus_files(root, langs, sources, stats['ignored'])
     if not files: raise DataError(f"no corpus files found (looked for corpus/<lang>/*.jsonl[.gz]"
                                   f"{', langs='+str(langs) if langs else ''}{', sources='+str(sources) if sources else ''})", str(root))
+    rows = []
     for lang, f in files:
-        recs = read_jsonl(f, on_error)
-        stats['skipped'].extend(recs.skipped)
-        src = f.name.split('.')[0]
-        good = []
-        for ln, rec in zip(recs.lines, recs):
-            try: good.append(_check_record(rec, f"{f}:{ln}", lang, src, ln))
-            except DataError as e:
-                if on_error == 'raise': raise
-                stats['skipped'].append(e)
-        if not good:
-            e = DataError("no usable records (empty file)", str(f))
-            if on_error == 'raise': raise e
-            stats['skipped'].append(e)
-        rows += _sample(good, max_docs, seed, f"{lang}/{src}")
+        rows += _sample(_load_file(f, lang, on_error, stats['skipped']), max_docs, seed, f"{lang}/{f.name.split('.')[0]}")
         stats['files'] += 1
     return rows
 
+# %% ../nbs/11_data.ipynb #0a13e1a9
+def split_doc(text:str, # a document
+              max_bytes:int, # largest piece, in UTF-8 bytes
+             )->list[str]:
+    "`text` cut into pieces of at most `max_bytes` UTF-8 bytes, at line breaks (else spaces) where possible."
+    if len(text) * 4 <= max_bytes: return [text]  # cannot be too long: skip the encoding
+    b, out, i = text.encode('utf-8'), [], 0
+    while len(b) - i > max_bytes:
+        j, half = i + max_bytes, i + max_bytes // 2
+        k = b.rfind(b'\n', half, j)
+        if k < 0: k = b.rfind(b' ', half, j)
+        if k >= 0: k += 1  # the separator ends the piece
+        else:
+            k = j
+            while b[k] & 0xC0 == 0x80: k -= 1  # never inside a character
+        out.append(b[i:k].decode('utf-8')); i = k
+    return out + [b[i:].decode('utf-8')]
+
+# %% ../nbs/11_data.ipynb #cb21d739
+def _split_rows(rows:list[dict], max_bytes:int|None)->tuple[list[dict], int]:
+    "Rows with every over-long document split by `split_doc`, and how many documents were split."
+    if max_bytes is None: return rows, 0
+    out, n = [], 0
+    for r in rows:
+        parts = split_doc(r['text'], max_bytes)
+        if len(parts) == 1: out.append(r); continue
+        n += 1; out += [{**r, 'id': f"{r['id']}#{k}", 'text': p} for k, p in enumerate(parts)]
+    return out, n
+
 # %% ../nbs/11_data.ipynb #833db30c
-def load_corpus(data_dir:str|Path|None=None, # data dir; None: $COMPASS_DATA_DIR, else synthetic; 'synthetic': synthetic; a non-path name: `datasets.load_dataset`
+def _synthetic_rows(n_per_lang:int, langs, sources, seed:int)->list[dict]:
+    "The embedded synthetic corpus as checked rows."
+    from compass_nbdev.synthetic import synthetic_corpus
+    rows = [_check_record(r, f"synthetic:{i+1}", None, 'synthetic', i+1)
+            for i, r in enumerate(synthetic_corpus(n_per_lang, langs=langs, seed=seed))]
+    return rows if sources is None else [r for r in rows if r['source'] in sources]
+
+# %% ../nbs/11_data.ipynb #2c1b622a
+def _warn_dropped(st:dict, root:Path|None):
+    "Warn about skipped records and log ignored files."
+    if st['skipped']:
+        first = st['skipped'][0]
+        warnings.warn(f"skipped {len(st['skipped'])} bad records (first: {first})")
+        log.warning("skipped %d bad records; first: %s", len(st['skipped']), first)
+    if st['ignored']:
+        log.warning("ignored %d entries that are not corpus/<lang>/*.jsonl[.gz]: %s", len(st['ignored']),
+                    ', '.join(p.relative_to(root).as_posix() for p in st['ignored'][:10]))
+
+# %% ../nbs/11_data.ipynb #c49441e7
+def load_corpus(data_dir:str|Path|None=None, # data dir; None: $COMPASS_DATA_DIR, else synthetic; 'synthetic': synthetic (see `resolve_data_dir`)
                 langs:list[str]|None=None, # languages to keep (None = all)
                 sources:list[str]|None=None, # sources (file stems) to keep (None = all)
                 on_error:str='raise', # 'raise' on the first bad record, or 'skip' and count it
                 max_docs_per_source:int|None=None, # seeded sample of at most this many docs per source
                 synthetic_docs_per_lang:int=200, # size of the synthetic corpus when there is no data dir
                 seed:int=0, # seed for sampling
-                stats:dict|None=None, # if given, filled with files, docs, skipped (count) and skipped_errors
+                stats:dict|None=None, # if given, filled with files, docs, skipped (count), skipped_errors, ignored, split_docs
+                max_doc_bytes:int|None=1_000_000, # split longer documents (see `split_doc`); None = never
                ):
     "Load a corpus as a `datasets.Dataset` with columns id, text, lang, domain, source."
     import datasets
     if on_error not in ('raise','skip'): raise ConfigError(f"{on_error!r} is not allowed; choose 'raise' or 'skip'", 'on_error')
     for l in langs or []: check_lang(l, 'langs')
-    st = {'files': 0, 'skipped': []}
-    explicit = data_dir is not None
-    data_dir = data_dir if explicit else (os.environ.get(DATA_DIR_ENV) or None)
-    if data_dir is None or str(data_dir) == SYNTHETIC:
-        from compass_nbdev.synthetic import synthetic_corpus
-        recs = synthetic_corpus(synthetic_docs_per_lang, langs=langs, seed=seed)
-        rows = [_check_record(r, f"synthetic:{i+1}", None, 'synthetic', i+1) for i,r in enumerate(recs)]
-        if sources is not None: rows = [r for r in rows if r['source'] in sources]
-        st['files'] = 1
-    else:
-        p, s = Path(data_dir).expanduser(), str(data_dir)
-        looks_local = p.exists() or s.startswith(('/', '.', '~')) or os.sep*2 in s or s.count('/') > 1 or not explicit
-        if looks_local:
-            if not p.is_dir(): raise DataError("data directory does not exist", f"{s} ({'data_dir' if explicit else DATA_DIR_ENV})")
-            rows = _load_dir(p, langs, sources, on_error, max_docs_per_source, seed, st)
-        else:
-            rows = _load_hub(s, langs, sources, on_error, max_docs_per_source, seed, st)
-    if not rows: raise DataError("the corpus is empty (no documents after selecting langs/sources)", str(data_dir or 'synthetic'))
-    if st['skipped']:
-        first = st['skipped'][0]
-        warnings.warn(f"skipped {len(st['skipped'])} bad records (first: {first})")
-        log.warning("skipped %d bad records; first: %s", len(st['skipped']), first)
+    st, root = {'files': 1, 'skipped': [], 'ignored': []}, resolve_data_dir(data_dir)
+    if root is None: rows = _synthetic_rows(synthetic_docs_per_lang, langs, sources, seed)
+    else: st['files'] = 0; rows = _load_dir(root, langs, sources, on_error, max_docs_per_source, seed, st)
+    if not rows: raise DataError("the corpus is empty (no documents after selecting langs/sources)", str(root or SYNTHETIC))
+    rows, n_split = _split_rows(rows, max_doc_bytes)
+    _warn_dropped(st, root)
     if stats is not None:
-        stats.update(files=st['files'], docs=len(rows), skipped=len(st['skipped']), skipped_errors=st['skipped'])
+        stats.update(files=st['files'], docs=len(rows), skipped=len(st['skipped']), skipped_errors=st['skipped'], split_docs=n_split,
+                     ignored=[p.relative_to(root).as_posix() for p in st['ignored']])
     return datasets.Dataset.from_dict({c: [r[c] for r in rows] for c in COLUMNS})
-
-def _load_hub(name, langs, sources, on_error, max_docs, seed, st)->list[dict]:
-    "Rows from any `datasets` source (needs the columns text and lang)."
-    import datasets
-    try: ds = datasets.load_dataset(name, split='train')
-    except Exception as e: raise DataError(f"not a directory, and `datasets` cannot load it: {e}", name) from None
-    rows = []
-    for i,rec in enumerate(ds):
-        try:
-            r = _check_record(rec, f"{name}:{i+1}", None, name, i+1)
-            if (langs is None or r['lang'] in langs) and (sources is None or r['source'] in sources): rows.append(r)
-        except DataError as e:
-            if on_error == 'raise': raise
-            st['skipped'].append(e)
-    st['files'] = 1
-    return _sample(rows, max_docs, seed, name)
 
 # %% ../nbs/11_data.ipynb #0f999f56
 _CTRL = re.compile('[\x00-\x08\x0b\x0e-\x1f\x7f-\x9f\u00ad\u200b\u2060\ufeff\ufffe\uffff\ud800-\udfff]')
@@ -274,6 +284,7 @@ def _squeeze(t:str)->str:
         out.append(l); blank = False
     return ''.join(out)
 
+# %% ../nbs/11_data.ipynb #62dff6ef
 def normalize_text(text:str, # raw document text
                    form:str='NFKC', # Unicode normalization form
                   )->str:
@@ -308,6 +319,7 @@ def _dup_line_frac(text:str)->float:
         seen.add(l)
     return dup / max(len(text), 1)
 
+# %% ../nbs/11_data.ipynb #4474ede0
 def quality_signals(text:str, # normalized text
                     spaced:bool=True, # does the script separate words by spaces?
                     rep_ngram:int=3, # n for the repetition check (words if spaced else chars)
@@ -322,6 +334,7 @@ def quality_signals(text:str, # normalized text
             'rep_frac': _rep_frac(words if spaced else ''.join(words), rep_ngram),
             'dup_line_frac': _dup_line_frac(text)}
 
+# %% ../nbs/11_data.ipynb #aac76f16
 def quality_reason(sig:dict, rules:ScriptRules)->str|None:
     "The first filter `sig` fails under `rules`, or None if the doc passes."
     if sig['chars'] < rules.min_chars: return 'too_short'
@@ -363,6 +376,7 @@ def _identifier():
         _IDENT.set_languages([l for l in _LANGID_SET if l in _IDENT.nb_classes])
     return _IDENT
 
+# %% ../nbs/11_data.ipynb #f8bd1b9a
 def detect_lang(text:str, # normalized text
                 label:str, # the language it is labelled with
                 min_prob:float=0.99, # langid confidence needed to disagree with the label
@@ -423,6 +437,7 @@ def _powers(n:int):
             _POW['inv'] = np.cumprod(np.r_[np.uint64(1), np.full(n-1, inv, np.uint64)], dtype=np.uint64)
     return _POW['pow'][:n], _POW['inv'][:n]
 
+# %% ../nbs/11_data.ipynb #92942e7c
 def _token_hashes(texts:list[str], spaced:bool)->tuple[np.ndarray, np.ndarray]:
     "Hashes of the tokens (words if `spaced`, else non-space chars) of each text, concatenated, and counts per text."
     if not spaced:
@@ -442,6 +457,7 @@ def _token_hashes(texts:list[str], spaced:bool)->tuple[np.ndarray, np.ndarray]:
         wh = (S[ends] - S[starts]) * inv[starts]       # position-independent polynomial hash of each word
     return wh, np.array([len(t.split()) for t in texts], np.int64)
 
+# %% ../nbs/11_data.ipynb #adad5fbe
 def _ngram_hashes(tok:np.ndarray, counts:np.ndarray, n:int)->tuple[np.ndarray, np.ndarray]:
     "Hashes of the token n-grams of each doc (one shingle of all tokens when a doc has fewer than n)."
     D = len(counts)
@@ -462,6 +478,7 @@ def _perms(num_perm:int, seed:int):
     return (rng.integers(1, 2**63, num_perm, dtype=np.uint64) | np.uint64(1),
             rng.integers(0, 2**63, num_perm, dtype=np.uint64))
 
+# %% ../nbs/11_data.ipynb #5edc1723
 def minhash_signatures(texts:list[str], # normalized texts
                        spaced:bool|list[bool]=True, # word shingles (True) or char shingles (False), per text or for all
                        num_perm:int=128, # hash functions
@@ -501,6 +518,7 @@ def lsh_params(threshold:float, num_perm:int)->tuple[int,int]:
         if best is None or err < best: best, br = err, (b, r)
     return br
 
+# %% ../nbs/11_data.ipynb #fd3c4fc7
 def near_duplicates(sig:np.ndarray, # (n_docs, num_perm) MinHash signatures
                     threshold:float=0.8, # estimated Jaccard at or above which two docs are duplicates
                    )->np.ndarray:
@@ -567,45 +585,6 @@ class CleanReport:
                 for r in rows.itertuples()]
 
 # %% ../nbs/11_data.ipynb #dfa4259d
-def clean_corpus(ds, # a corpus from `load_corpus`
-                 cfg:DataConfig|None=None, # settings
-                 skipped:int=0, # bad records skipped while loading, carried into the report
-                ):
-    "Clean and deduplicate `ds`: returns (kept `datasets.Dataset`, `CleanReport`)."
-    import datasets
-    cfg = cfg or DataConfig()
-    timer = _StageTimer()
-    ids, texts, langs = list(ds['id']), list(ds['text']), list(ds['lang'])
-    n = len(texts)
-    bs = max(256, math.ceil(n / (8 * cfg.num_proc)))
-    jobs = [(texts[i:i+bs], langs[i:i+bs], cfg) for i in range(0, n, bs)]
-    res = [r for part in _pool_map(_clean_batch, jobs, cfg.num_proc) for r in part]
-    norm = [r[0] for r in res]; reason = [r[1] for r in res]; det = [r[2] for r in res]
-    timer('normalize+filter+langid')
-    if cfg.exact_dedup:
-        seen = set()
-        for i in range(n):
-            if reason[i] is not None: continue
-            h = hashlib.blake2b(norm[i].encode('utf-8', 'surrogatepass'), digest_size=16).digest()
-            if h in seen: reason[i] = 'exact_dup'
-            seen.add(h)
-    timer('exact_dedup')
-    if cfg.near_dup_threshold is not None:
-        cand = [i for i in range(n) if reason[i] is None]
-        sig = signatures_parallel([norm[i] for i in cand], [LANGS[langs[i]].spaced for i in cand], cfg)
-        timer('minhash')
-        for i in np.asarray(cand)[near_duplicates(sig, cfg.near_dup_threshold)]: reason[i] = 'near_dup'
-        timer('lsh')
-    nbytes = [len(t.encode('utf-8', 'surrogatepass')) for t in texts]
-    docs = pd.DataFrame({'id': ids, 'lang': langs, 'source': list(ds['source']), 'domain': list(ds['domain']),
-                         'bytes': nbytes, 'reason': pd.array(reason, dtype=object), 'detected': pd.array(det, dtype=object)})
-    removed_text = {i: norm[i] for i in range(n) if reason[i] is not None}
-    keep = [i for i in range(n) if reason[i] is None]
-    cols = {'id': ids, 'text': norm, 'lang': langs, 'domain': docs.domain.tolist(), 'source': docs.source.tolist()}
-    kept = datasets.Dataset.from_dict({c: [v[i] for i in keep] for c,v in cols.items()})
-    timer('report')
-    return kept, CleanReport(docs, removed_text, timer.wall, skipped, timer.cpu)
-
 class _StageTimer:
     "Wall and CPU seconds (this process + finished workers) since the previous call, by stage name."
     def __init__(self): self.wall, self.cpu, self._t = {}, {}, self._now()
@@ -617,6 +596,17 @@ class _StageTimer:
         self.wall[name], self.cpu[name] = now[0] - self._t[0], now[1] - self._t[1]
         self._t = now
 
+# %% ../nbs/11_data.ipynb #df6a3472
+def _mark_exact_dups(norm:list[str], reason:list)->None:
+    "Mark later copies of a kept normalized text as 'exact_dup' (in place)."
+    seen = set()
+    for i, t in enumerate(norm):
+        if reason[i] is not None: continue
+        h = hashlib.blake2b(t.encode('utf-8', 'surrogatepass'), digest_size=16).digest()
+        if h in seen: reason[i] = 'exact_dup'
+        seen.add(h)
+
+# %% ../nbs/11_data.ipynb #5d6b368f
 def signatures_parallel(texts:list[str], spaced:list[bool], cfg:DataConfig)->np.ndarray:
     "MinHash signatures of `texts`, computed in `cfg.num_proc` processes."
     if not texts: return np.zeros((0, cfg.num_perm), np.uint32)
@@ -625,6 +615,41 @@ def signatures_parallel(texts:list[str], spaced:list[bool], cfg:DataConfig)->np.
     return np.concatenate(_pool_map(_sig_job, jobs, cfg.num_proc))
 
 def _sig_job(a): return minhash_signatures(a[0], a[1], num_perm=a[2], ngram=a[3], seed=a[4])
+
+def _mark_near_dups(norm:list[str], langs:list[str], reason:list, cfg:DataConfig, timer:_StageTimer)->None:
+    "Mark documents that near-duplicate an earlier kept one as 'near_dup' (in place)."
+    cand = [i for i in range(len(norm)) if reason[i] is None]
+    sig = signatures_parallel([norm[i] for i in cand], [LANGS[langs[i]].spaced for i in cand], cfg)
+    timer('minhash')
+    for i in np.asarray(cand, dtype=int)[near_duplicates(sig, cfg.near_dup_threshold)]: reason[i] = 'near_dup'
+    timer('lsh')
+
+# %% ../nbs/11_data.ipynb #84e99329
+def clean_corpus(ds, # a corpus from `load_corpus`
+                 cfg:DataConfig|None=None, # settings
+                 skipped:int=0, # bad records skipped while loading, carried into the report
+                ):
+    "Clean and deduplicate `ds`: returns (kept `datasets.Dataset`, `CleanReport`)."
+    import datasets
+    cfg, timer = cfg or DataConfig(), _StageTimer()
+    ids, texts, langs = list(ds['id']), list(ds['text']), list(ds['lang'])
+    n = len(texts)
+    bs = max(256, math.ceil(n / (8 * cfg.num_proc)))
+    jobs = [(texts[i:i+bs], langs[i:i+bs], cfg) for i in range(0, n, bs)]
+    res = [r for part in _pool_map(_clean_batch, jobs, cfg.num_proc) for r in part]
+    norm = [r[0] for r in res]; reason = [r[1] for r in res]; det = [r[2] for r in res]
+    timer('normalize+filter+langid')
+    if cfg.exact_dedup: _mark_exact_dups(norm, reason)
+    timer('exact_dedup')
+    if cfg.near_dup_threshold is not None: _mark_near_dups(norm, langs, reason, cfg, timer)
+    nbytes = [len(t.encode('utf-8', 'surrogatepass')) for t in texts]
+    docs = pd.DataFrame({'id': ids, 'lang': langs, 'source': list(ds['source']), 'domain': list(ds['domain']),
+                         'bytes': nbytes, 'reason': pd.array(reason, dtype=object), 'detected': pd.array(det, dtype=object)})
+    keep = [i for i in range(n) if reason[i] is None]
+    cols = {'id': ids, 'text': norm, 'lang': langs, 'domain': docs.domain.tolist(), 'source': docs.source.tolist()}
+    kept = datasets.Dataset.from_dict({c: [v[i] for i in keep] for c,v in cols.items()})
+    timer('report')
+    return kept, CleanReport(docs, {i: norm[i] for i in range(n) if reason[i] is not None}, timer.wall, skipped, timer.cpu)
 
 # %% ../nbs/11_data.ipynb #2cf3c653
 def _cell_counts(ds_or_counts, unit:str)->pd.DataFrame:
@@ -641,6 +666,7 @@ def _cell_counts(ds_or_counts, unit:str)->pd.DataFrame:
     if (df.n < 0).any() or df.n.sum() <= 0: raise DataError("counts must be >= 0 with a positive total", 'mix_weights')
     return df[df.n > 0].reset_index(drop=True)
 
+# %% ../nbs/11_data.ipynb #96b4307c
 def mix_weights(ds_or_counts, # corpus (Dataset), or counts {lang: n} / {(lang, domain): n}
                 cfg:DataConfig|None=None, # uses mix_alpha, ecommerce_share, mix_unit
                )->pd.DataFrame:
@@ -694,6 +720,14 @@ def sample_mix(ds, # cleaned corpus
     return ds.select(idx.tolist())
 
 # %% ../nbs/11_data.ipynb #5b463f3c
+def _save_png(fig, path:str|Path|None, dpi:int):
+    "Write `fig` as a PNG to `path` atomically (if given); return it."
+    if path is not None:
+        buf = io.BytesIO(); fig.savefig(buf, format='png', dpi=dpi)
+        with atomic_write(path, 'wb') as f: f.write(buf.getvalue())
+    return fig
+
+# %% ../nbs/11_data.ipynb #ce452fae
 _COLORS = {'kept': '#8fbc8f', 'too_short': '#1f77b4', 'too_long': '#aec7e8', 'few_words': '#9467bd', 'symbols': '#e377c2',
            'digits': '#bcbd22', 'repetition': '#ff7f0e', 'lang_mismatch': '#d62728', 'exact_dup': '#7f7f7f', 'near_dup': '#c7c7c7'}
 
@@ -713,11 +747,9 @@ def plot_report(rep:CleanReport, path:str|Path|None=None, dpi:int=90):
     a2.tick_params(axis='y', labelsize=7)
     if cols: fig.legend(handles=[plt.Rectangle((0,0),1,1,color=_COLORS[c]) for c in cols], labels=cols, loc='lower center', ncol=len(cols), fontsize=8)
     fig.tight_layout(rect=(0, 0.05, 1, 1))
-    if path is not None:
-        buf = io.BytesIO(); fig.savefig(buf, format='png', dpi=dpi)
-        with atomic_write(path, 'wb') as f: f.write(buf.getvalue())
-    return fig
+    return _save_png(fig, path, dpi)
 
+# %% ../nbs/11_data.ipynb #58d91aca
 def plot_mix(mw:pd.DataFrame, path:str|Path|None=None, dpi:int=90):
     "Natural share vs sampling weight per language, e-commerce part hatched; saved to `path` if given."
     import matplotlib.pyplot as plt
@@ -732,38 +764,40 @@ def plot_mix(mw:pd.DataFrame, path:str|Path|None=None, dpi:int=90):
         ax.bar(x + off, e, 0.4, bottom=oth, color=c, hatch='//', edgecolor='white', label=f'{col} (e-commerce)')
     ax.set_xticks(x, langs); ax.set_ylabel('share'); ax.legend(fontsize=8); ax.set_title('Language mix: natural vs sampled')
     fig.tight_layout()
-    if path is not None:
-        buf = io.BytesIO(); fig.savefig(buf, format='png', dpi=dpi)
-        with atomic_write(path, 'wb') as f: f.write(buf.getvalue())
-    return fig
+    return _save_png(fig, path, dpi)
 
 # %% ../nbs/11_data.ipynb #93f4e6b3
-def _md_table(df:pd.DataFrame, floatfmt:str='{:.3f}')->str:
-    "A DataFrame (index included) as a markdown table."
-    d = df.reset_index() if df.index.name or any(df.index.names) else df
-    fmt = lambda v: floatfmt.format(v) if isinstance(v, float) else str(v)
-    rows = [' | '.join(map(str, d.columns))] + [' | '.join(['---'] * len(d.columns))]
-    rows += [' | '.join(fmt(v) for v in r) for r in d.itertuples(index=False)]
-    return '\n'.join(f'| {r} |' for r in rows)
-
-def report_markdown(rep:CleanReport, mw:pd.DataFrame, cfg:DataConfig, source:str)->str:
-    "The data report as markdown."
+def _removed_sections(rep:CleanReport)->list[str]:
+    "The report's tables of removed documents and bytes, and examples of each reason."
     s = rep.summary()
-    out = [f"# Data report\n\nCorpus: `{source}`. Kept {s['kept_docs']:,} of {s['docs_in']:,} documents "
-           f"({s['kept_bytes']:,} of {s['bytes_in']:,} bytes). Skipped bad records: {s['skipped_records']}. "
-           f"Flagged (kept) language mismatches: {s['lang_flagged']}.\n",
-           "![report](report.png)\n", "## Removed, by reason\n",
-           _md_table(pd.DataFrame(s['removed_by_reason']).T.rename_axis('reason')) if s['removed_by_reason'] else 'Nothing removed.',
-           "\n## Documents by language\n", _md_table(rep.table(('lang',), 'docs'), '{:.1f}'),
-           "\n## Bytes by language\n", _md_table(rep.table(('lang',), 'bytes'), '{:.1f}'),
-           "\n## Documents by language and source\n", _md_table(rep.table(('lang', 'source'), 'docs'), '{:.1f}'),
+    out = ["## Removed, by reason\n",
+           md_table(pd.DataFrame(s['removed_by_reason']).T.rename_axis('reason')) if s['removed_by_reason'] else 'Nothing removed.',
+           "\n## Documents by language\n", md_table(rep.table(('lang',), 'docs'), '{:.1f}'),
+           "\n## Bytes by language\n", md_table(rep.table(('lang',), 'bytes'), '{:.1f}'),
+           "\n## Documents by language and source\n", md_table(rep.table(('lang', 'source'), 'docs'), '{:.1f}'),
            "\n## Examples of removed documents\n"]
     for r in REASONS:
-        ex = rep.examples(r, 3)
-        if ex: out += [f"**{r}**\n"] + [f"- `{e}`" for e in ex] + ['']
+        if (ex := rep.examples(r, 3)): out += [f"**{r}**\n"] + [f"- `{e}`" for e in ex] + ['']
+    return out
+
+# %% ../nbs/11_data.ipynb #5dbcce23
+def report_markdown(rep:CleanReport, # from `clean_corpus`
+                    mw:pd.DataFrame, # from `mix_weights`
+                    cfg:DataConfig, # the settings used
+                    source:str, # where the corpus came from
+                    load:dict|None=None, # `load_corpus`'s stats: ignored files, split documents
+                   )->str:
+    "The data report as markdown."
+    s, load = rep.summary(), load or {}
+    out = [f"# Data report\n\nCorpus: `{source}`. Kept {s['kept_docs']:,} of {s['docs_in']:,} documents "
+           f"({s['kept_bytes']:,} of {s['bytes_in']:,} bytes). Skipped bad records: {s['skipped_records']}. "
+           f"Flagged (kept) language mismatches: {s['lang_flagged']}. "
+           f"Documents split (over {cfg.max_doc_bytes} bytes): {load.get('split_docs', 0)}.\n"]
+    if load.get('ignored'): out.append("Ignored (not `corpus/<lang>/*.jsonl[.gz]`): " + ', '.join(f"`{p}`" for p in load['ignored']) + "\n")
+    out += ["![report](report.png)\n"] + _removed_sections(rep)
     out += [f"\n## Mix (alpha={cfg.mix_alpha}, ecommerce_share={cfg.ecommerce_share}, unit={cfg.mix_unit})\n",
-            "![mix](mix.png)\n", _md_table(mw.set_index(['lang', 'domain']), '{:.4f}'), "\n## Stage seconds (CPU: main process + workers)\n",
-            _md_table(pd.DataFrame({'wall seconds': s['seconds'], 'cpu seconds': pd.Series(s['cpu_seconds'])}).rename_axis('stage'), '{:.2f}')]
+            "![mix](mix.png)\n", md_table(mw.set_index(['lang', 'domain']), '{:.4f}'), "\n## Stage seconds (CPU: main process + workers)\n",
+            md_table(pd.DataFrame({'wall seconds': s['seconds'], 'cpu seconds': pd.Series(s['cpu_seconds'])}).rename_axis('stage'), '{:.2f}')]
     return '\n'.join(out) + '\n'
 
 # %% ../nbs/11_data.ipynb #7dea7bca
@@ -780,33 +814,6 @@ def write_clean(ds, out_dir:str|Path)->dict:
         counts[l] = len(idx)
     return counts
 
-def run_data_stage(cfg:DataConfig|None=None, # data settings
-                   data_dir:str|Path|None=None, # data dir (None: $COMPASS_DATA_DIR, else synthetic)
-                   out_dir:str|Path='data', # where to write (a run folder's data/)
-                  )->dict:
-    "Load, clean, dedup and mix; write report.md/png, mix.csv/png, summary.json and clean/<lang>.jsonl.gz into `out_dir`."
-    import matplotlib.pyplot as plt
-    cfg, out_dir, t0 = cfg or DataConfig(), Path(out_dir), time.perf_counter()
-    st, timer = {}, _StageTimer()
-    ds = load_corpus(data_dir, cfg.langs, cfg.sources, cfg.on_error, cfg.max_docs_per_source, cfg.synthetic_docs_per_lang, cfg.seed, st)
-    timer('load')
-    kept, rep = clean_corpus(ds, cfg, skipped=st['skipped'])
-    timer('clean')
-    rep.seconds, rep.cpu_seconds = {'load': timer.wall['load'], **rep.seconds}, {'load': timer.cpu['load'], **rep.cpu_seconds}
-    mw = mix_weights(kept, cfg)
-    source = str(data_dir or os.environ.get(DATA_DIR_ENV) or 'synthetic')
-    plt.close(plot_report(rep, out_dir/'report.png')); plt.close(plot_mix(mw, out_dir/'mix.png'))
-    atomic_write_text(out_dir/'mix.csv', mw.to_csv(index=False))
-    counts = write_clean(kept, out_dir/'clean')
-    timer('write'); rep.seconds['write'], rep.cpu_seconds['write'] = timer.wall['write'], timer.cpu['write']
-    atomic_write_text(out_dir/'report.md', report_markdown(rep, mw, cfg, source))
-    summary = {**rep.summary(), 'source': source, 'clean_docs_per_lang': counts,
-               'skipped_errors': [str(e) for e in st['skipped_errors'][:50]],
-               'mix': mw[['lang', 'domain', 'weight']].to_dict('records')}
-    atomic_write_json(out_dir/'summary.json', summary)
-    log.info("data stage: kept %d/%d docs in %.1fs", summary['kept_docs'], summary['docs_in'], time.perf_counter() - t0)
-    return summary
-
 # %% ../nbs/11_data.ipynb #d4966116
 def load_clean(clean_dir:str|Path, # a `clean/` folder written by `write_clean` (the data stage's `data/clean`)
                langs:list[str]|None=None, # languages to read (None: every file there)
@@ -819,3 +826,38 @@ def load_clean(clean_dir:str|Path, # a `clean/` folder written by `write_clean` 
     if not files: raise DataError("no cleaned corpus here (<lang>.jsonl.gz); run the data stage first (`compass data`)", str(clean_dir))
     rows = [r for f in files for r in read_jsonl(f, required=COLUMNS)]
     return datasets.Dataset.from_dict({c: [r[c] for r in rows] for c in COLUMNS})
+
+# %% ../nbs/11_data.ipynb #2c91f0fa
+def _write_plots(out_dir:Path, rep:CleanReport, mw:pd.DataFrame):
+    "report.png, mix.png and mix.csv."
+    import matplotlib.pyplot as plt
+    plt.close(plot_report(rep, out_dir/'report.png')); plt.close(plot_mix(mw, out_dir/'mix.png'))
+    atomic_write_text(out_dir/'mix.csv', mw.to_csv(index=False))
+
+# %% ../nbs/11_data.ipynb #c858f8c9
+def run(cfg:DataConfig|None=None, # data settings
+        run_dir:str|Path='.', # the run folder: the stage writes `run_dir/data`
+        data_dir:str|Path|None=None, # data dir or 'synthetic' (None: $COMPASS_DATA_DIR, else synthetic)
+       )->dict:
+    "The data stage: load, clean, dedup and mix into `run_dir/data` (report.md/png, mix.csv/png, summary.json, clean/)."
+    cfg, out_dir, t0 = cfg or DataConfig(), Path(run_dir)/'data', time.perf_counter()
+    root = resolve_data_dir(data_dir); source = str(root or SYNTHETIC)
+    log.info("data stage: %s", source)
+    st, timer = {}, _StageTimer()
+    ds = load_corpus(root or SYNTHETIC, cfg.langs, cfg.sources, cfg.on_error, cfg.max_docs_per_source,
+                     cfg.synthetic_docs_per_lang, cfg.seed, st, cfg.max_doc_bytes)
+    timer('load')
+    kept, rep = clean_corpus(ds, cfg, skipped=st['skipped'])
+    timer('clean')
+    rep.seconds, rep.cpu_seconds = {'load': timer.wall['load'], **rep.seconds}, {'load': timer.cpu['load'], **rep.cpu_seconds}
+    mw = mix_weights(kept, cfg)
+    _write_plots(out_dir, rep, mw)
+    counts = write_clean(kept, out_dir/'clean')
+    timer('write'); rep.seconds['write'], rep.cpu_seconds['write'] = timer.wall['write'], timer.cpu['write']
+    atomic_write_text(out_dir/'report.md', report_markdown(rep, mw, cfg, source, st))
+    summary = {**rep.summary(), 'source': source, 'clean_docs_per_lang': counts, 'ignored_files': st['ignored'],
+               'split_docs': st['split_docs'], 'skipped_errors': [str(e) for e in st['skipped_errors'][:50]],
+               'mix': mw[['lang', 'domain', 'weight']].to_dict('records')}
+    atomic_write_json(out_dir/'summary.json', summary)
+    log.info("data stage: kept %d/%d docs in %.1fs", summary['kept_docs'], summary['docs_in'], time.perf_counter() - t0)
+    return summary

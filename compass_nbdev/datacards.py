@@ -41,16 +41,15 @@ def _split_front_matter(text:str, where:str)->tuple[dict, str]:
     if not isinstance(meta, dict): raise DataError("front matter must be a mapping", where)
     return meta, m.group(2)
 
+# %% ../nbs/12_data_cards.ipynb #60a8033c
 def _sections(body:str)->dict:
     "Markdown `## Heading` sections → {heading: text}."
     parts = re.split(r'^## +(.+?)\s*$', body, flags=re.M)
     return {h.strip(): t.strip() for h, t in zip(parts[1::2], parts[2::2])}
 
-def read_card(path:str|Path, # a data card, e.g. data_cards/ntrex.md
-             )->dict:
-    "Parse and check one data card: front-matter fields plus 'body', 'sections' and 'path'."
-    path = Path(path); where = str(path)
-    meta, body = _split_front_matter(path.read_text(encoding='utf-8'), where)
+# %% ../nbs/12_data_cards.ipynb #5e3364dc
+def _check_meta(meta:dict, where:str):
+    "Every front-matter field present and well-formed; errors name the card and the field."
     for k in CARD_FIELDS:
         if k not in meta or meta[k] in (None, ''): raise DataError(f"front matter lacks field {k!r}", f"{where}: {k}")
     if meta['license_flag'] not in LICENSE_FLAGS:
@@ -62,6 +61,14 @@ def read_card(path:str|Path, # a data card, e.g. data_cards/ntrex.md
     for l in meta['languages']: check_lang(l, where=f"{where}: languages")
     for k in ('records', 'bytes'):
         if not isinstance(meta[k], int) or isinstance(meta[k], bool) or meta[k] < 0: raise DataError(f"must be a non-negative integer, got {meta[k]!r}", f"{where}: {k}")
+
+# %% ../nbs/12_data_cards.ipynb #2d30b8ca
+def read_card(path:str|Path, # a data card, e.g. data_cards/ntrex.md
+             )->dict:
+    "Parse and check one data card: front-matter fields plus 'body', 'sections' and 'path'."
+    path = Path(path); where = str(path)
+    meta, body = _split_front_matter(path.read_text(encoding='utf-8'), where)
+    _check_meta(meta, where)
     secs = _sections(body)
     for s in CARD_SECTIONS:
         if s not in secs: raise DataError(f"missing section '## {s}'", where)
@@ -81,6 +88,7 @@ def find_cards_dir(cards_dir:str|Path|None=None, # explicit folder; default: sea
         if (d/'data_cards').is_dir(): return d/'data_cards'
     raise CompassError("no data_cards/ folder here, in a parent folder or beside the package; pass cards_dir", where='cards_dir')
 
+# %% ../nbs/12_data_cards.ipynb #af27687c
 def read_cards(cards_dir:str|Path|None=None, # folder of *.md cards (see `find_cards_dir`)
               )->list[dict]:
     "Read and check every card in the folder, sorted by kind then source; sources must be unique."
@@ -124,6 +132,7 @@ def read_manifest(data_dir:str|Path, # a data directory with MANIFEST.tsv
     if not p.is_file(): raise DataError("no MANIFEST.tsv in the data directory", str(p))
     with open(p, encoding='utf-8', newline='') as f: return list(csv.DictReader(f, delimiter='\t'))
 
+# %% ../nbs/12_data_cards.ipynb #8ef8adfe
 def check_cards(cards:list[dict], # from `read_cards`
                 data_dir:str|Path, # data directory with MANIFEST.tsv
                )->list[str]:

@@ -84,6 +84,7 @@ def _fields(rng:random.Random, lex:dict, lang:str)->dict:
     f['old_price'] = format_price(usd * rng.uniform(1.2, 1.8), L['currency'], '00')
     return f
 
+# %% ../nbs/10_synthetic.ipynb #ada12a27
 def _needs(template:str)->set:
     "The field names a template uses."
     return {name for _, name, _, _ in string.Formatter().parse(template) if name}
@@ -108,6 +109,7 @@ def _cap_sentences(s:str, lang:str)->str:
 
 def _joiner(lang:str)->str: return '' if LANGS[lang].script == 'han' else ' '
 
+# %% ../nbs/10_synthetic.ipynb #241308e4
 def make_title(rng:random.Random, lex:dict, lang:str, f:dict)->str:
     "A product-listing title."
     L = lex['langs'][lang]
@@ -117,6 +119,7 @@ def make_title(rng:random.Random, lex:dict, lang:str, f:dict)->str:
     t = _fill(rng, L['title'], {**f, 'attrs': ' '.join(attrs)})
     return _title_case(t) if L['title_case'] else t
 
+# %% ../nbs/10_synthetic.ipynb #b1addf64
 def make_description(rng:random.Random, lex:dict, lang:str, f:dict)->str:
     "A product description: intro, 2-4 fitting body sentences, 1-2 closing lines."
     D = lex['langs'][lang]['desc']
@@ -138,6 +141,7 @@ def review_rating(text:str, # a review produced by `make_review`
     head = text[:5]
     return head.count('★') if len(head) == 5 and set(head) <= {'★', '☆'} else None
 
+# %% ../nbs/10_synthetic.ipynb #6be48989
 def make_review(rng:random.Random, lex:dict, lang:str, f:dict)->tuple[str, int]:
     "A review and its star rating (1-5)."
     L, r = lex['langs'][lang], rng.choices(range(1, 6), RATING_WEIGHTS)[0]
@@ -149,6 +153,7 @@ def make_review(rng:random.Random, lex:dict, lang:str, f:dict)->tuple[str, int]:
         parts.append(_fill(rng, L[tone], f))
     return f"{stars(r)} {_cap_sentences(_joiner(lang).join(parts), lang)}", r
 
+# %% ../nbs/10_synthetic.ipynb #56f029c0
 def make_qa(rng:random.Random, lex:dict, lang:str, f:dict)->str:
     "A customer question and the seller's answer."
     L = lex['langs'][lang]
@@ -173,6 +178,7 @@ def _lang_docs(lex:dict, lang:str, n:int, seed:int)->list[dict]:
         out.append(d)
     return out
 
+# %% ../nbs/10_synthetic.ipynb #6461e1bb
 def synthetic_corpus(n_per_lang:int=200, # documents per language
                      langs=None, # language codes (default: all 9 in core.LANGS)
                      seed:int=0, # same seed → identical corpus
@@ -189,6 +195,7 @@ def unique_ratio(docs:list[dict])->float:
     "Share of documents whose text is not an exact repeat of an earlier one."
     return len({d['text'] for d in docs}) / max(len(docs), 1)
 
+# %% ../nbs/10_synthetic.ipynb #5d982892
 def near_dup_survivors(docs:list[dict], # records with 'text'
                        threshold:float=0.8, # Jaccard similarity above which two texts are near duplicates
                        ngram:int=5, # character shingle size

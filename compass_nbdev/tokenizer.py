@@ -6,21 +6,21 @@ Docs: https://compass-nbdev.github.io/compass_nbdev/tokenizer.html.md"""
 
 # %% ../nbs/20_tokenizer.ipynb #500e683a
 from __future__ import annotations
-import os, json, time, shutil, base64, random, resource, tempfile, importlib.util
+import os, json, time, base64, random, resource, logging, importlib.util
 import regex
 from pathlib import Path
 from dataclasses import dataclass, field
 from tokenizers import Tokenizer, Regex, AddedToken, models, pre_tokenizers, decoders, trainers
-from .core import (Config, ConfigError, DataError, LANGS, SEA_LANGS, check_lang, resolve_data_dir,
-                                atomic_write_json, get_logger)
+from .core import (Config, ConfigError, DataError, setting, LANGS, SEA_LANGS, check_lang, resolve_data_dir,
+                                atomic_write_json, atomic_dir, md_table, get_logger)
 
 # %% auto #0
 __all__ = ['log', 'SPECIAL_TOKENS', 'RESERVED_TOKENS', 'BYTE_ALPHABET', 'MIN_VOCAB', 'TOKENIZER_PRESETS', 'CHAR_SETS', 'SPLITS',
            'QWEN_SPLIT', 'GPT2_SPLIT', 'MULTILINGUAL_PEERS', 'PEERS', 'TARGET_SEA', 'TokenizerConfig', 'pre_tokenizer',
            'show_split', 'empty_bpe', 'train_bpe', 'texts_by_lang', 'group_texts', 'bpe_parts', 'apply_merges',
            'char_set', 'merge_bpe', 'to_hf', 'sanitize_text', 'TrainedTokenizer', 'train_tokenizer', 'save_tokenizer',
-           'eval_lines', 'train_tokenizer_stage', 'load_peers', 'token_counter', 'ntrex_texts', 'compare_tokenizers',
-           'headline', 'results_table', 'plot_bytes_per_token', 'eval_tokenizer_stage']
+           'eval_lines', 'load_peers', 'token_counter', 'ntrex_texts', 'compare_tokenizers', 'headline',
+           'results_table', 'plot_bytes_per_token', 'eval_tokenizer_stage', 'run']
 
 # %% ../nbs/20_tokenizer.ipynb #83d7ac35
 log = get_logger('tokenizer')
@@ -50,44 +50,38 @@ CHAR_SETS = {  # name: (codec, first code, last code) of the Han characters of a
 @dataclass
 class TokenizerConfig(Config):
     "How to train and merge the sub-tokenizers."
-    vocab_size:int = 4096  # tokens in the merged tokenizer (specials and the 256 bytes included)
-    groups:dict[str, list[str]] = field(default_factory=_default_groups)  # sub-tokenizer name -> languages; the first is the base
-    sizes:dict[str, int] = field(default_factory=lambda: {'general': 3072, 'other': 1024, 'zh': 2048})  # vocab of each sub-tokenizer
-    bytes_per_lang:int = 300_000  # at most this much UTF-8 text per language per sub-tokenizer
-    lang_weights:dict[str, float] = field(default_factory=dict)  # multiply a language's share (>1 repeats its text)
-    split:str = field(default='sea', metadata={'choices': ('sea', 'gpt4')})  # pre-tokenizer regex, see `SPLITS`
-    min_frequency:int = 2  # a pair must occur this often to be merged
-    max_token_length:dict[str, int] = field(default_factory=dict)  # group -> longest token (in UTF-8 bytes) it may learn
-    char_sets:list[str] = field(default_factory=list)  # names in `CHAR_SETS` whose every character becomes one token
-    seed:int = 0  # document sampling seed
+    vocab_size:int = setting(4096, ge=MIN_VOCAB)  # tokens in the merged tokenizer (the 256 bytes and the specials included)
+    groups:dict[str, list[str]] = setting(factory=_default_groups)  # sub-tokenizer name -> languages; the first is the base
+    sizes:dict[str, int] = setting(factory=lambda: {'general': 3072, 'other': 1024, 'zh': 2048}, ge=MIN_VOCAB)  # vocab of each sub-tokenizer
+    bytes_per_lang:int = setting(300_000, gt=0)  # at most this much UTF-8 text per language per sub-tokenizer
+    lang_weights:dict[str, float] = setting(factory=dict, gt=0)  # multiply a language's share (>1 repeats its text)
+    split:str = setting('sea', choices=('sea', 'gpt4'))  # pre-tokenizer regex, see `SPLITS`
+    min_frequency:int = setting(2, ge=1)  # a pair must occur this often to be merged
+    max_token_length:dict[str, int] = setting(factory=dict, ge=1)  # group -> longest token (in UTF-8 bytes) it may learn
+    char_sets:list[str] = setting(factory=list, choices=tuple(CHAR_SETS))  # names in `CHAR_SETS` whose every character becomes one token
+    seed:int = setting(0, ge=0)  # document sampling seed
 
     def validate(self):
-        if self.vocab_size < MIN_VOCAB:
-            raise ConfigError(f"must be at least {MIN_VOCAB} ({BYTE_ALPHABET} byte tokens + {len(SPECIAL_TOKENS)} special tokens), got {self.vocab_size}", 'vocab_size')
         if not self.groups: raise ConfigError("needs at least one group, e.g. {'general': ['en', 'th']}", 'groups')
         for g, langs in self.groups.items():
             if not langs: raise ConfigError("has no languages", f'groups.{g}')
             for l in langs:
                 if l not in LANGS: raise ConfigError(f"unknown language {l!r}; allowed: {', '.join(LANGS)}", f'groups.{g}')
-        for g in self.sizes:
-            if g not in self.groups: raise ConfigError(f"unknown group {g!r}; allowed: {', '.join(self.groups)}", 'sizes')
-        for g in self.groups:
-            if g not in self.sizes: raise ConfigError(f"no size for group {g!r}; groups: {', '.join(self.groups)}", 'sizes')
-            if self.sizes[g] < MIN_VOCAB: raise ConfigError(f"must be at least {MIN_VOCAB} (bytes + specials), got {self.sizes[g]}", f'sizes.{g}')
+        self._check_group_keys()
         base, total = self.sizes[next(iter(self.groups))], sum(self.sizes.values())
         if not base <= self.vocab_size <= total:
             raise ConfigError(f"sizes do not add up: vocab_size={self.vocab_size} must lie between the base group's size "
                               f"({base}) and the sum of all sizes ({total})", 'sizes')
-        for l, w in self.lang_weights.items():
+        for l in self.lang_weights:
             if l not in LANGS: raise ConfigError(f"unknown language {l!r}; allowed: {', '.join(LANGS)}", 'lang_weights')
-            if not w > 0: raise ConfigError(f"weight for {l!r} must be > 0, got {w}", 'lang_weights')
-        if self.bytes_per_lang <= 0: raise ConfigError(f"must be > 0, got {self.bytes_per_lang}", 'bytes_per_lang')
-        if self.min_frequency < 1: raise ConfigError(f"must be >= 1, got {self.min_frequency}", 'min_frequency')
-        for g, n in self.max_token_length.items():
-            if g not in self.groups: raise ConfigError(f"unknown group {g!r}; allowed: {', '.join(self.groups)}", 'max_token_length')
-            if n < 1: raise ConfigError(f"must be >= 1, got {n}", f'max_token_length.{g}')
-        for c in self.char_sets:
-            if c not in CHAR_SETS: raise ConfigError(f"unknown character set {c!r}; allowed: {', '.join(CHAR_SETS)}", 'char_sets')
+
+    def _check_group_keys(self):
+        "`sizes` names every group and no other; `max_token_length` only known groups."
+        for k in ('sizes', 'max_token_length'):
+            for g in getattr(self, k):
+                if g not in self.groups: raise ConfigError(f"unknown group {g!r}; allowed: {', '.join(self.groups)}", k)
+        for g in self.groups:
+            if g not in self.sizes: raise ConfigError(f"no size for group {g!r}; groups: {', '.join(self.groups)}", 'sizes')
 
     @classmethod
     def preset(cls, name:str, # one of `TOKENIZER_PRESETS`
@@ -121,6 +115,7 @@ def empty_bpe(split:str='sea')->Tokenizer:
     tok.decoder = decoders.ByteLevel()
     return tok
 
+# %% ../nbs/20_tokenizer.ipynb #d204c562
 def train_bpe(texts:list[str], # training documents
               vocab_size:int, # target vocabulary, specials and bytes included
               split:str='sea', # a key of `SPLITS`
@@ -149,6 +144,17 @@ def texts_by_lang(corpus, # a `datasets.Dataset` or list of dicts with `text` an
     for t, l in zip(texts, langs): out.setdefault(l, []).append(t)
     return out
 
+# %% ../nbs/20_tokenizer.ipynb #ed690fc7
+def _take(docs:list[str], cap:float, exclude)->tuple[list[str], int, int]:
+    "Documents in order until `cap` bytes, leaving out those with an excluded line: (taken, bytes, dropped)."
+    sel, n, dropped = [], 0, 0
+    for t in docs:  # one pass: at most `cap` bytes
+        if n >= cap: break
+        if exclude and any(ln.strip() in exclude for ln in t.splitlines()): dropped += 1; continue
+        sel.append(t); n += len(t.encode())
+    return sel, n, dropped
+
+# %% ../nbs/20_tokenizer.ipynb #8b5af034
 def group_texts(corpus, # see `texts_by_lang`
                 langs:list[str], # languages of this group
                 bytes_per_lang:int, # byte budget per language
@@ -163,11 +169,7 @@ def group_texts(corpus, # see `texts_by_lang`
         random.Random(f"{seed}:{lang}").shuffle(docs)
         w = (weights or {}).get(lang, 1.0)
         cap = bytes_per_lang if w >= 1 else min(bytes_per_lang, sum(len(t.encode()) for t in docs)) * w
-        sel, n = [], 0
-        for t in docs:  # one pass: at most `cap` bytes
-            if n >= cap: break
-            if exclude and any(ln.strip() in exclude for ln in t.splitlines()): dropped += 1; continue
-            sel.append(t); n += len(t.encode())
+        sel, n, d = _take(docs, cap, exclude); dropped += d
         base, i = n, 0
         while sel and n < base * w:  # w > 1: repeat the selection
             t = sel[i % len(sel)]; sel.append(t); n += len(t.encode()); i += 1
@@ -211,6 +213,28 @@ def _byte_chars(text:str)->str:
     return ''.join(c for c, _ in pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False).pre_tokenize_str(text))
 
 # %% ../nbs/20_tokenizer.ipynb #ad4b7373
+def _add_token(t:str, steps:int, vocab:dict, merges:list, ranks:dict)->bool:
+    "Add merges (at most `steps`) until `t` encodes as one token, in place; False if it needs more."
+    p = apply_merges(t, ranks)
+    if len(p) - 1 > steps: return False
+    while len(p) > 1:
+        a, b = p[0], p[1]
+        if a + b not in vocab: vocab[a + b] = len(vocab)
+        ranks[(a, b)] = len(merges); merges.append((a, b)); p = apply_merges(t, ranks)
+    return True
+
+# %% ../nbs/20_tokenizer.ipynb #e90e74aa
+def _add_chars(chars:list[str], vocab:dict, merges:list, ranks:dict, vocab_size:int)->dict:
+    "Make each character one token while they fit (in place); counts of added and present."
+    st = dict(added=0, present=0)
+    for c in chars:
+        t, n = _byte_chars(c), len(vocab)
+        if t in vocab: st['present'] += 1; continue
+        if n + len(apply_merges(t, ranks)) - 1 > vocab_size: break  # it might not fit
+        _add_token(t, len(t), vocab, merges, ranks); st['added'] += len(vocab) - n
+    return st
+
+# %% ../nbs/20_tokenizer.ipynb #6b1397b6
 def merge_bpe(subs:dict[str, Tokenizer], # name -> trained sub-tokenizer; the first is the base
               vocab_size:int, # cap on the merged vocabulary
               split:str='sea', # the pre-tokenizer all subs were trained with
@@ -222,31 +246,15 @@ def merge_bpe(subs:dict[str, Tokenizer], # name -> trained sub-tokenizer; the fi
     vocab = dict(sorted(vocab.items(), key=lambda kv: kv[1]))
     if sorted(vocab.values()) != list(range(len(vocab))): raise DataError("base vocabulary ids are not 0..n-1", names[0])
     ranks = {m: i for i, m in enumerate(merges)}
-    def add(t, steps):  # add merges (at most `steps`) until `t` encodes as one token; False if it needs more
-        p = apply_merges(t, ranks)
-        if len(p) - 1 > steps: return False
-        while len(p) > 1:
-            a, b = p[0], p[1]
-            if a + b not in vocab: vocab[a + b] = len(vocab)
-            ranks[(a, b)] = len(merges); merges.append((a, b)); p = apply_merges(t, ranks)
-        return True
-    stats = {'chars': dict(added=0, present=0)}
-    for c in chars or []:  # a character first: the words that contain it become reachable
-        t, n = _byte_chars(c), len(vocab)
-        if t in vocab: stats['chars']['present'] += 1; continue
-        if n + len(apply_merges(t, ranks)) - 1 > vocab_size: break  # it might not fit
-        add(t, len(t)); stats['chars']['added'] += len(vocab) - n
-    cands = []
-    for j, n in enumerate(names[1:], 1):
-        _, ms = bpe_parts(subs[n])
-        cands += [((i + 1) / len(ms), j, a + b) for i, (a, b) in enumerate(ms)]
-    cands.sort()
+    stats = {'chars': _add_chars(chars or [], vocab, merges, ranks, vocab_size)}
+    cands = sorted(((i + 1) / len(ms), j, a + b) for j, n in enumerate(names[1:], 1)
+                   for ms in [bpe_parts(subs[n])[1]] for i, (a, b) in enumerate(ms))
     stats.update({n: dict(added=0, duplicate=0, unreachable=0) for n in names[1:]})
     for _, j, t in cands:
         if len(vocab) >= vocab_size: break
         st = stats[names[j]]
         if t in vocab: st['duplicate'] += 1; continue
-        if not add(t, 1): st['unreachable'] += 1; continue
+        if not _add_token(t, 1, vocab, merges, ranks): st['unreachable'] += 1; continue
         st['added'] += 1
     tok = empty_bpe(split)
     tok.model = models.BPE(vocab=vocab, merges=merges)
@@ -285,6 +293,17 @@ class TrainedTokenizer:
 
 def _peak_rss_mb()->float: return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
+# %% ../nbs/20_tokenizer.ipynb #c4b248aa
+def _train_group(cfg:TokenizerConfig, g:str, by_lang:dict, exclude, show_progress:bool)->tuple[Tokenizer, dict]:
+    "Train group `g`'s sub-tokenizer on its byte-budgeted slice; (tokenizer, report row)."
+    t, langs = time.perf_counter(), cfg.groups[g]
+    texts, taken = group_texts(by_lang, langs, cfg.bytes_per_lang, cfg.lang_weights, cfg.seed, exclude)
+    if not texts: raise DataError(f"no training text for group {g!r} (languages {', '.join(langs)})", f'groups.{g}')
+    log.info("training %s (%d tokens) on %.1f MB", g, cfg.sizes[g], sum(taken.values()) / 1e6)
+    tok = train_bpe(texts, cfg.sizes[g], cfg.split, cfg.min_frequency, show_progress, cfg.max_token_length.get(g))
+    return tok, dict(langs=langs, docs=len(texts), bytes=taken, vocab=tok.get_vocab_size(), train_s=round(time.perf_counter() - t, 2))
+
+# %% ../nbs/20_tokenizer.ipynb #79ce11be
 def train_tokenizer(cfg:TokenizerConfig, # what to train
                     corpus, # a `datasets.Dataset` with `text` and `lang` (see `load_corpus`)
                     exclude:set|frozenset=frozenset(), # lines never to train on (evaluation sentences)
@@ -292,16 +311,8 @@ def train_tokenizer(cfg:TokenizerConfig, # what to train
                    )->TrainedTokenizer:
     "Train every group's sub-tokenizer, merge them and wrap the result for `transformers`."
     cfg = cfg.check() if isinstance(cfg, TokenizerConfig) else TokenizerConfig.from_dict(cfg)
-    t0, subs, rep = time.perf_counter(), {}, {'groups': {}}
-    corpus = texts_by_lang(corpus)
-    for g, langs in cfg.groups.items():
-        t = time.perf_counter()
-        texts, taken = group_texts(corpus, langs, cfg.bytes_per_lang, cfg.lang_weights, cfg.seed, exclude)
-        if not texts: raise DataError(f"no training text for group {g!r} (languages {', '.join(langs)})", f'groups.{g}')
-        log.info("training %s (%d tokens) on %.1f MB", g, cfg.sizes[g], sum(taken.values()) / 1e6)
-        subs[g] = train_bpe(texts, cfg.sizes[g], cfg.split, cfg.min_frequency, show_progress, cfg.max_token_length.get(g))
-        rep['groups'][g] = dict(langs=langs, docs=len(texts), bytes=taken, vocab=subs[g].get_vocab_size(),
-                                train_s=round(time.perf_counter() - t, 2))
+    t0, subs, rep, by_lang = time.perf_counter(), {}, {'groups': {}}, texts_by_lang(corpus)
+    for g in cfg.groups: subs[g], rep['groups'][g] = _train_group(cfg, g, by_lang, exclude, show_progress)
     t = time.perf_counter()
     chars = [c for n in cfg.char_sets for c in char_set(n)]
     merged, rep['merge'] = merge_bpe(subs, cfg.vocab_size, cfg.split, chars)
@@ -309,24 +320,17 @@ def train_tokenizer(cfg:TokenizerConfig, # what to train
                train_s=round(time.perf_counter() - t0, 2), peak_rss_mb=round(_peak_rss_mb()), config=cfg.to_dict())
     return TrainedTokenizer(to_hf(merged), subs, rep)
 
+# %% ../nbs/20_tokenizer.ipynb #8f4fbe53
 def save_tokenizer(tok, # a `PreTrainedTokenizerFast`
                    out_dir:str|Path, # folder to (re)create
                    report:dict|None=None, # written as train_report.json
                   )->Path:
-    "Save with `save_pretrained` (adding the package's chat template) into a temporary folder, then move it into place."
-    out = Path(out_dir); out.parent.mkdir(parents=True, exist_ok=True)
+    "Save with `save_pretrained` (adding the package's chat template), atomically."
     if not getattr(tok, 'chat_template', None) and (tpl := _packaged_chat_template()) is not None: tok.chat_template = tpl
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
-    try:
+    with atomic_dir(out_dir) as tmp:
         tok.save_pretrained(tmp)
         if report is not None: atomic_write_json(tmp/'train_report.json', report)
-        old = out.with_name(f".{out.name}.old") if out.exists() else None
-        if old: shutil.rmtree(old, ignore_errors=True); os.replace(out, old)
-        os.replace(tmp, out)
-        if old: shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True); raise
-    return out
+    return Path(out_dir)
 
 # %% ../nbs/20_tokenizer.ipynb #cfa031ee
 def eval_lines(data_dir:str|Path|None)->set[str]:
@@ -336,26 +340,12 @@ def eval_lines(data_dir:str|Path|None)->set[str]:
     if d is None or not (d/'eval'/'bpb').is_dir(): return set()
     return {r['text'].strip() for f in sorted((d/'eval'/'bpb').glob('*.jsonl')) for r in read_jsonl(f) if 'text' in r}
 
-def train_tokenizer_stage(cfg:TokenizerConfig|dict|str, # a config, a dict of fields or a preset name
-                          data_dir:str|Path|None, # data directory (None: $COMPASS_DATA_DIR, else synthetic)
-                          out_dir:str|Path, # tokenizer folder to write (e.g. runs/<name>/tokenizer)
-                          show_progress:bool=True, # `tokenizers` progress bars
-                         )->dict:
-    "Train the merged tokenizer on a corpus and save it (tokenizer.json, tokenizer_config.json, train_report.json)."
-    from compass_nbdev.data import load_corpus
-    cfg = TokenizerConfig.preset(cfg) if isinstance(cfg, str) else cfg if isinstance(cfg, TokenizerConfig) else TokenizerConfig.from_dict(cfg)
-    langs = sorted({l for ls in cfg.groups.values() for l in ls})
-    corpus = load_corpus(data_dir, langs=langs, seed=cfg.seed)
-    tt = train_tokenizer(cfg, corpus, exclude=eval_lines(data_dir), show_progress=show_progress)
-    save_tokenizer(tt.tokenizer, out_dir, tt.report)
-    log.info("saved a %d-token tokenizer to %s in %.1f s", tt.report['vocab_size'], out_dir, tt.report['train_s'])
-    return tt.report
-
 # %% ../nbs/20_tokenizer.ipynb #13eadef9
 QWEN_SPLIT = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
 GPT2_SPLIT = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 MULTILINGUAL_PEERS = ['qwen', 'tekken', 'whisper']
 
+# %% ../nbs/20_tokenizer.ipynb #e7f0b9fe
 def _pkg_file(pkg:str, rel:str)->Path|None:
     "A file inside an installed package, found without importing the package."
     try: spec = importlib.util.find_spec(pkg)
@@ -364,6 +354,7 @@ def _pkg_file(pkg:str, rel:str)->Path|None:
     p = Path(list(spec.submodule_search_locations)[0])/rel
     return p if p.is_file() else None
 
+# %% ../nbs/20_tokenizer.ipynb #542fc62d
 def _tiktoken(name, path, pat, ranks=None):
     import tiktoken
     if ranks is None:
@@ -390,6 +381,7 @@ PEERS = {  # name: (package, file inside it, loader)
     'gpt2': ('whisper', 'assets/gpt2.tiktoken', lambda p: _tiktoken('gpt2', p, GPT2_SPLIT)),
 }
 
+# %% ../nbs/20_tokenizer.ipynb #f994b485
 def load_peers(names:list[str]|None=None, # subset of `PEERS` (None: all)
               )->dict:
     "Token counters {name: f(texts) -> total tokens} for the peers whose packages are installed."
@@ -423,6 +415,7 @@ def ntrex_texts(data_dir:str|Path|None=None, # data directory (None: $COMPASS_DA
         if l not in files: raise DataError(f"no ntrex.{l}.jsonl; available: {', '.join(files)}", str(d/'eval'/'bpb'))
     return {l: [r['text'] for r in read_jsonl(files[l], required=('text',))] for l in (langs or files)}
 
+# %% ../nbs/20_tokenizer.ipynb #7340988a
 def compare_tokenizers(counters:dict, # name -> f(texts) -> total tokens
                        texts:dict[str, list[str]], # lang -> sentences
                       )->dict:
@@ -437,6 +430,7 @@ def compare_tokenizers(counters:dict, # name -> f(texts) -> total tokens
             res[name][lang] = r
     return res
 
+# %% ../nbs/20_tokenizer.ipynb #e96d9bec
 def headline(res:dict, # from `compare_tokenizers`
              ours:str='merged', # our tokenizer's name in `res`
              peers:list[str]=MULTILINGUAL_PEERS, # peers to beat (those present in `res`)
@@ -455,15 +449,14 @@ def headline(res:dict, # from `compare_tokenizers`
 
 # %% ../nbs/20_tokenizer.ipynb #802fa0f9
 def results_table(res:dict, # from `compare_tokenizers`
-                  langs:list[str]|None=None)->str:
+                  langs:list[str]|None=None, # columns (None: every language of the first tokenizer)
+                 )->str:
     "A markdown table of bytes/token (words/token in brackets for spaced languages)."
     langs = langs or list(next(iter(res.values())))
-    rows = ["| tokenizer | " + " | ".join(langs) + " |", "|---|" + "---|" * len(langs)]
-    for n, r in res.items():
-        cell = lambda l: f"{r[l]['bytes_per_token']:.2f}" + (f" ({r[l]['words_per_token']:.2f})" if 'words_per_token' in r[l] else "")
-        rows.append(f"| {n} | " + " | ".join(cell(l) for l in langs) + " |")
-    return "\n".join(rows)
+    cell = lambda r: f"{r['bytes_per_token']:.2f}" + (f" ({r['words_per_token']:.2f})" if 'words_per_token' in r else "")
+    return md_table([{'tokenizer': n, **{l: cell(r[l]) for l in langs}} for n, r in res.items()])
 
+# %% ../nbs/20_tokenizer.ipynb #10d96307
 def plot_bytes_per_token(res:dict, # from `compare_tokenizers`
                          path:str|Path|None=None, # save a PNG here
                          title:str='Bytes per token on NTREX (higher is better)'):
@@ -479,7 +472,8 @@ def plot_bytes_per_token(res:dict, # from `compare_tokenizers`
         Path(path).parent.mkdir(parents=True, exist_ok=True); fig.savefig(path); plt.close(fig)
     return fig
 
-def eval_tokenizer_stage(tokenizer_dir:str|Path, # a folder written by `train_tokenizer_stage`
+# %% ../nbs/20_tokenizer.ipynb #e7f1fa90
+def eval_tokenizer_stage(tokenizer_dir:str|Path, # a tokenizer folder written by `save_tokenizer` (e.g. a run's tokenizer/)
                          data_dir:str|Path|None, # data directory with eval/bpb (None: $COMPASS_DATA_DIR)
                          out_path:str|Path, # JSON results; a PNG chart is written beside it
                          peers:list[str]|None=None, # peer names (None: every installed one; [] for none)
@@ -495,3 +489,21 @@ def eval_tokenizer_stage(tokenizer_dir:str|Path, # a folder written by `train_to
     atomic_write_json(out_path, out)
     plot_bytes_per_token(res, Path(out_path).with_suffix('.png'))
     return out
+
+# %% ../nbs/20_tokenizer.ipynb #5b741d13
+def run(cfg:TokenizerConfig|dict|str|None=None, # a config, a dict of fields or a preset name (None: defaults)
+        run_dir:str|Path='.', # the run folder: reads `run_dir/data/clean`, writes `run_dir/tokenizer`
+        data_dir:str|Path|None=None, # data dir: its eval/bpb sentences are left out, and measured on (see `resolve_data_dir`)
+        show_progress:bool|None=None, # `tokenizers` progress bars (None: when logging at INFO)
+       )->dict:
+    "The tokenizer stage: train on the run's cleaned corpus, save into `run_dir/tokenizer`, measure on NTREX if there is one."
+    from compass_nbdev.data import load_clean
+    cfg = TokenizerConfig.preset(cfg) if isinstance(cfg, str) else cfg.check() if isinstance(cfg, TokenizerConfig) else TokenizerConfig.from_dict(cfg)
+    run_dir, d = Path(run_dir), resolve_data_dir(data_dir)
+    show = log.isEnabledFor(logging.INFO) if show_progress is None else show_progress
+    tt = train_tokenizer(cfg, load_clean(run_dir/'data'/'clean'), exclude=eval_lines(d), show_progress=show)
+    save_tokenizer(tt.tokenizer, run_dir/'tokenizer', tt.report)
+    log.info("saved a %d-token tokenizer to %s in %.1f s", tt.report['vocab_size'], run_dir/'tokenizer', tt.report['train_s'])
+    if d is not None and (d/'eval'/'bpb').is_dir():
+        eval_tokenizer_stage(run_dir/'tokenizer', d, run_dir/'eval'/'tokenizer_eval.json', peers=[])
+    return {k: tt.report[k] for k in ('vocab_size', 'train_s', 'peak_rss_mb')}

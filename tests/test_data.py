@@ -9,7 +9,7 @@ from hypothesis import given, settings, strategies as st, HealthCheck
 import datasets
 from compass_nbdev.core import CompassError, ConfigError, DataError, LANGS
 from compass_nbdev.data import (DataConfig, read_jsonl, load_corpus, normalize_text, clean_doc, clean_corpus,
-                                minhash_signatures, near_duplicates, mix_weights, sample_mix, run_data_stage,
+                                minhash_signatures, near_duplicates, mix_weights, sample_mix, run, split_doc,
                                 chinese_variant, detect_lang, quality_signals, REASONS)
 
 DATA_DIR = os.environ.get('COMPASS_DATA_DIR')
@@ -74,18 +74,20 @@ def test_record_language_must_match_folder(tmp_path):
     with pytest.raises(DataError, match=r"src.jsonl.gz:2: record language 'ms' differs from its folder 'id'"): load_corpus(root)
 
 def test_missing_data_dir(tmp_path):
-    with pytest.raises(DataError, match=r'nope \(data_dir\): data directory does not exist'): load_corpus(tmp_path/'nope')
+    with pytest.raises(CompassError, match=r"data_dir: data directory '.*nope' does not exist"): load_corpus(tmp_path/'nope')
 
 def test_missing_data_dir_from_env(tmp_path, monkeypatch):
     monkeypatch.setenv('COMPASS_DATA_DIR', str(tmp_path/'gone'))
-    with pytest.raises(DataError, match=r'gone \(COMPASS_DATA_DIR\): data directory does not exist'): load_corpus()
+    with pytest.raises(CompassError, match=r"COMPASS_DATA_DIR: data directory '.*gone' does not exist"): load_corpus()
 
 def test_empty_corpus(tmp_path):
     (tmp_path/'data'/'corpus').mkdir(parents=True)
     with pytest.raises(DataError, match='no corpus files found'): load_corpus(tmp_path/'data')
     root = make_dir(tmp_path, {'th/empty': [b'\n']})
     with pytest.raises(DataError, match=r'empty.jsonl.gz: no usable records'): load_corpus(root)
-    with pytest.raises(DataError, match='no corpus/ folder'): load_corpus(tmp_path)
+    with pytest.raises(CompassError, match='has neither corpus/ nor eval/ inside'): load_corpus(tmp_path)
+    (tmp_path/'ev'/'eval').mkdir(parents=True)
+    with pytest.raises(DataError, match='no corpus/ folder'): load_corpus(tmp_path/'ev')
 
 def test_corrupt_gzip(tmp_path):
     p = tmp_path/'data'/'corpus'/'id'/'src.jsonl.gz'; p.parent.mkdir(parents=True)
@@ -124,6 +126,13 @@ def test_config_errors_name_key():
     with pytest.raises(ConfigError, match=r'thai.min_chars'): DataConfig.from_dict({'thai': {'min_chars': 'ten'}})
     with pytest.raises(ConfigError, match=r'latin.max_chars: must be > min_chars'): DataConfig.from_dict({'latin': {'max_chars': 5}})
     with pytest.raises(ConfigError, match='unknown key'): DataConfig.from_dict({'alpha': 0.3})
+    with pytest.raises(ConfigError, match=r'near_dup_threshold: must be in \(0, 1\], got 0'): DataConfig.from_dict({'near_dup_threshold': 0.0})
+    with pytest.raises(ConfigError, match=r'han.max_rep_frac: must be in \[0, 1\], got 1.5'): DataConfig.from_dict({'han': {'max_rep_frac': 1.5}})
+    with pytest.raises(ConfigError, match=r'num_perm: must be in \[8, 1024\], got 4'): DataConfig.from_dict({'num_perm': 4})
+    with pytest.raises(ConfigError, match=r"langs: item 1: 'xx' is not allowed"): DataConfig.from_dict({'langs': ['th', 'xx']})
+    with pytest.raises(ConfigError, match=r'seed: must be >= 0, got -5'): DataConfig.from_dict({'seed': -5})
+    with pytest.raises(ConfigError, match=r'mix_alpha: must be a finite number, got nan'): DataConfig.from_dict({'mix_alpha': float('nan')})
+    with pytest.raises(ConfigError, match=r'max_doc_bytes: must be >= 1000'): DataConfig.from_dict({'max_doc_bytes': 10})
     assert DataConfig.from_dict(DataConfig().to_dict()) == DataConfig()
 
 # --- normalization and cleaning ------------------------------------------------------------------------------
@@ -271,9 +280,9 @@ def test_sample_mix_bytes_and_args():
 
 # --- the stage -----------------------------------------------------------------------------------------------
 
-def test_run_data_stage_synthetic(tmp_path):
+def test_run_synthetic(tmp_path):
     out = tmp_path/'run'/'data'
-    s = run_data_stage(DataConfig(synthetic_docs_per_lang=30, num_proc=1), None, out)
+    s = run(DataConfig(synthetic_docs_per_lang=30, num_proc=1), tmp_path/'run')
     for f in ('report.md', 'report.png', 'mix.png', 'mix.csv', 'summary.json'): assert (out/f).stat().st_size > 0, f
     assert not list(out.rglob('.*.tmp'))                                  # atomic writes leave no temporaries
     kept = sum(len(read_jsonl(p)) for p in (out/'clean').glob('*.jsonl.gz'))
@@ -282,13 +291,46 @@ def test_run_data_stage_synthetic(tmp_path):
     assert json.loads((out/'summary.json').read_text())['kept_docs'] == s['kept_docs']
     assert '# Data report' in (out/'report.md').read_text()
 
-def test_run_data_stage_skip_reports_count(tmp_path):
+def test_run_skip_reports_count(tmp_path):
     root = make_dir(tmp_path, {'id/src': [line(id=str(i), text=f'Barang nomor {i} bagus sekali dan pengiriman cepat') for i in range(5)] + [b'{oops\n']})
-    with pytest.raises(DataError, match=r'src.jsonl.gz:6: malformed JSON'): run_data_stage(DataConfig(num_proc=1), root, tmp_path/'o1')
+    with pytest.raises(DataError, match=r'src.jsonl.gz:6: malformed JSON'): run(DataConfig(num_proc=1), tmp_path/'o1', root)
     with pytest.warns(UserWarning):
-        s = run_data_stage(DataConfig(num_proc=1, on_error='skip'), root, tmp_path/'o2')
+        s = run(DataConfig(num_proc=1, on_error='skip'), tmp_path/'o2', root)
     assert s['skipped_records'] == 1 and 'src.jsonl.gz:6' in s['skipped_errors'][0]
-    assert 'Skipped bad records: 1' in (tmp_path/'o2'/'report.md').read_text()
+    assert 'Skipped bad records: 1' in (tmp_path/'o2'/'data'/'report.md').read_text()
+
+# --- hardening (#23): stray files, hidden folders, huge documents ----------------------------------------------
+
+def test_hidden_entries_are_ignored_and_stray_files_reported(tmp_path):
+    root = make_dir(tmp_path, {'id/src': [line(id=str(i), text=f'Barang nomor {i} bagus sekali dan pengiriman cepat') for i in range(5)]})
+    (root/'corpus'/'.ipynb_checkpoints').mkdir()                     # JupyterLab leaves these behind
+    (root/'corpus'/'.ipynb_checkpoints'/'src-checkpoint.jsonl').write_bytes(line())
+    (root/'corpus'/'id'/'.DS_Store').write_bytes(b'\0')
+    (root/'corpus'/'id'/'more.json').write_bytes(line(id='m'))       # data in the wrong format: listed, not silent
+    st_ = {}
+    ds = load_corpus(root, stats=st_)
+    assert len(ds) == 5 and st_['ignored'] == ['corpus/id/more.json']
+    s = run(DataConfig(num_proc=1), tmp_path/'run', root)
+    assert s['ignored_files'] == ['corpus/id/more.json']
+    assert '`corpus/id/more.json`' in (tmp_path/'run'/'data'/'report.md').read_text()
+
+def test_huge_document_is_split_and_counted(tmp_path):
+    para = 'Barang bagus sekali dan pengiriman cepat, penjual ramah. ' * 40 + '\n'
+    huge = para * 600                                                   # ~1.4 MB in one JSON line
+    root = make_dir(tmp_path, {'id/src': [line(id='big', text=huge), line(id='small')]})
+    st_ = {}
+    ds = load_corpus(root, stats=st_, max_doc_bytes=100_000)
+    assert st_['split_docs'] == 1 and max(len(t.encode()) for t in ds['text']) <= 100_000
+    assert ''.join(t for t, i in zip(ds['text'], ds['id']) if i.startswith('big#')) == huge
+    s = run(DataConfig(num_proc=1, max_doc_bytes=100_000, near_dup_threshold=None, exact_dedup=False), tmp_path/'run', root)
+    assert s['split_docs'] == 1 and s['docs_in'] == len(ds)
+    assert 'Documents split (over 100000 bytes): 1' in (tmp_path/'run'/'data'/'report.md').read_text()
+
+@settings(max_examples=60, deadline=None)
+@given(st.text(st.sampled_from('ab \nไทย好'), max_size=3000), st.integers(1000, 1200))
+def test_split_doc_pieces_fit_and_rejoin(text, max_bytes):
+    parts = split_doc(text, max_bytes)
+    assert ''.join(parts) == text and all(len(p.encode()) <= max_bytes for p in parts)
 
 # --- real data (skipped without COMPASS_DATA_DIR) ------------------------------------------------------------
 

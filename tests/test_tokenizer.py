@@ -8,7 +8,7 @@ from compass_nbdev.core import ConfigError, DataError, CompassError, LANGS
 from compass_nbdev.synthetic import synthetic_corpus
 from compass_nbdev.tokenizer import (TokenizerConfig, SPECIAL_TOKENS, RESERVED_TOKENS, MIN_VOCAB, train_bpe, merge_bpe,
                                      bpe_parts, apply_merges, to_hf, sanitize_text, train_tokenizer, save_tokenizer,
-                                     group_texts, train_tokenizer_stage, eval_tokenizer_stage, headline, load_peers,
+                                     group_texts, eval_tokenizer_stage, headline, load_peers,
                                      token_counter, show_split, CHAR_SETS, char_set, _packaged_chat_template)
 import compass_nbdev.tokenizer as tkmod
 
@@ -113,7 +113,7 @@ def test_pre_tokenizer_keeps_thai_marks():
     assert len(show_split("สินค้าดีมาก", 'gpt4')) > 1
 
 @pytest.mark.parametrize('d,where,allowed', [
-    ({'vocab_size': 100}, 'vocab_size', '256 byte tokens'),
+    ({'vocab_size': 100}, 'vocab_size', 'must be >= 263, got 100'),
     ({'sizes': {'general': 3072, 'other': 512, 'zh': 1024, 'xx': 600}}, 'sizes', 'allowed: general, other, zh'),
     ({'groups': {'general': ['en'], 'misc': ['th']}, 'sizes': {'general': 3072, 'misc': 600}, 'vocab_size': 2000}, 'sizes', 'between'),
     ({'vocab_size': 100_000}, 'sizes', 'sum of all sizes'),
@@ -128,6 +128,11 @@ def test_config_errors(d, where, allowed):
 
 def test_preset_errors():
     with pytest.raises(ConfigError, match='allowed: tiny, laptop, compass-v2'): TokenizerConfig.preset('xl')
+    with pytest.raises(ConfigError, match=r'vocab_size: must be >= 263, got 100'): TokenizerConfig.from_dict({'vocab_size': 100})
+    with pytest.raises(ConfigError, match=r"lang_weights: 'th': must be > 0, got -1"): TokenizerConfig.from_dict({'lang_weights': {'th': -1}})
+    with pytest.raises(ConfigError, match=r"max_token_length: 'zh': must be >= 1, got 0"): TokenizerConfig.from_dict({'max_token_length': {'zh': 0}})
+    with pytest.raises(ConfigError, match=r"lang_weights: 'en': must be a finite number, got inf"): TokenizerConfig.from_dict({'lang_weights': {'en': float('inf')}})
+    with pytest.raises(ConfigError, match=r"seed: must be >= 0, got -1"): TokenizerConfig.from_dict({'seed': -1})
     assert TokenizerConfig.preset('compass-v2').vocab_size == 180_000
 
 def test_bad_training_input():
@@ -156,10 +161,15 @@ def _write_data_dir(root:Path):
 
 def test_stages(tmp_path):
     _write_data_dir(tmp_path/'data')
-    rep = train_tokenizer_stage(TokenizerConfig.preset('tiny', bytes_per_lang=20_000), tmp_path/'data', tmp_path/'run'/'tokenizer', show_progress=False)
+    from compass_nbdev import data
+    data.run(data.DataConfig(num_proc=1), tmp_path/'run', tmp_path/'data')
+    rep = tkmod.run(TokenizerConfig.preset('tiny', bytes_per_lang=20_000), tmp_path/'run', tmp_path/'data', show_progress=False)
     names = {p.name for p in (tmp_path/'run'/'tokenizer').iterdir()}
     assert {'tokenizer.json', 'tokenizer_config.json', 'train_report.json'} <= names
     assert rep['train_s'] > 0 and rep['peak_rss_mb'] > 0
+    assert set(json.loads((tmp_path/'run'/'eval'/'tokenizer_eval.json').read_text())['results']['merged']) == {'en', 'th', 'zh'}
+    with pytest.raises(DataError, match='run the data stage first'): tkmod.run('tiny', tmp_path/'empty_run', tmp_path/'data')
+    with pytest.raises(CompassError, match="data_dir: data directory .* does not exist"): tkmod.run('tiny', tmp_path/'run', tmp_path/'nowhere')
     out = eval_tokenizer_stage(tmp_path/'run'/'tokenizer', tmp_path/'data', tmp_path/'run'/'eval'/'tokenizer.json', peers=[])
     assert set(out['results']['merged']) == {'en', 'th', 'zh'}
     assert out['results']['merged']['en']['bytes_per_token'] > 1
@@ -186,7 +196,7 @@ def test_char_sets():
     assert len(set(char_set('gb2312-1'))) == 3755 and '的' in char_set('gb2312-1') and '們' in char_set('big5-1')
     with pytest.raises(ConfigError, match="char_sets: unknown character set 'gbk'"): char_set('gbk')
     with pytest.raises(ConfigError) as e: TokenizerConfig.from_dict({'char_sets': ['gb2312-1', 'utf8']})
-    assert e.value.where == 'char_sets' and 'allowed: gb2312-1, gb2312-2, big5-1' in str(e.value)
+    assert e.value.where == 'char_sets' and "item 1: 'utf8' is not allowed; choose one of 'gb2312-1', 'gb2312-2', 'big5-1'" in str(e.value)
     assert TokenizerConfig.preset('compass-v2').char_sets == ['gb2312-1']
 
 @pytest.fixture(scope='module')
