@@ -54,7 +54,7 @@ def experts_loop(x:Tensor, # (T, H) token activations
     return out
 register_op('experts', 'loop', experts_loop, reference=True)
 
-# %% ../nbs/30_moe.ipynb #17d2845c
+# %% ../nbs/30_moe.ipynb #88277b12
 def _grouped_mm_ok(*ts:Tensor)->bool:
     "Can `F.grouped_mm` take these? It wants float32/bf16/fp16 and 16-byte aligned pointers and strides."
     return hasattr(F, 'grouped_mm') and all(
@@ -81,6 +81,7 @@ def _gmm(a:Tensor, # (S, K) rows sorted by group
         return out
     return F.grouped_mm(a, bb, offs=_offsets(counts, a.device) if offs is None else offs)
 
+# %% ../nbs/30_moe.ipynb #a1218ddd
 def _gmm_wgrad(a:Tensor, # (S, K) rows sorted by group
                g:Tensor, # (S, N) output gradient rows
                counts:list[int], # rows per group
@@ -100,7 +101,7 @@ def _gmm_wgrad(a:Tensor, # (S, K) rows sorted by group
         s += c
     return out
 
-# %% ../nbs/30_moe.ipynb #60dcdb8f
+# %% ../nbs/30_moe.ipynb #02d59eda
 def _sort_by_expert(ids:Tensor, n_experts:int):
     "Order of the flattened (token, slot) pairs grouped by expert, its inverse, the token of each sorted row, counts per expert."
     flat = ids.reshape(-1)
@@ -118,6 +119,7 @@ def _unsort_sum(ys:Tensor, # (T*k, H) rows in expert-sorted order
         return F.embedding_bag(inv.view(-1, k), ys, mode='sum')
     return ys.index_select(0, inv).view(-1, k, ys.shape[1]).sum(1)    # 16-bit: sum() accumulates in float32
 
+# %% ../nbs/30_moe.ipynb #4dea7794
 class GroupedExperts(torch.autograd.Function):
     "Sorted, grouped SwiGLU experts with a hand-written backward."
     @staticmethod
@@ -155,6 +157,7 @@ class GroupedExperts(torch.autograd.Function):
         dx = _unsort_sum(_gmm(dh, w_gate_up, counts, trans_b=True, offs=offs), inv, k)   # each token's k rows, summed
         return dx, None, dweights.view(-1, k), dw_gate_up, dw_down
 
+# %% ../nbs/30_moe.ipynb #a6285d5e
 def experts_grouped(x:Tensor, # (T, H) token activations
                     ids:Tensor, # (T, k) int64 chosen experts
                     weights:Tensor, # (T, k) float32 combine weights
@@ -180,7 +183,7 @@ def apply_capacity(ids:Tensor, # (T, k) chosen experts
     keep = (pos < cap).view(k, T).t()
     return weights * keep, keep
 
-# %% ../nbs/30_moe.ipynb #b930b1aa
+# %% ../nbs/30_moe.ipynb #c08a785c
 class SwiGLU(nn.Module):
     "A dense SwiGLU FFN (shared experts and dense layers)."
     def __init__(self, hidden_size:int, intermediate_size:int):
@@ -189,6 +192,7 @@ class SwiGLU(nn.Module):
         self.down = nn.Linear(intermediate_size, hidden_size, bias=False)
     def forward(self, x): return self.down(swiglu(self.gate_up(x)))
 
+# %% ../nbs/30_moe.ipynb #d26af87a
 class CompassMoE(nn.Module):
     "Fine-grained routed experts + always-on shared experts."
     def __init__(self, hidden_size:int, # H
