@@ -134,13 +134,13 @@ for _n in list(PRESETS):
                                                    * PRESETS[_n]['moe_intermediate_size']}
 list(PRESETS)
 
-# %% ../nbs/50_model.ipynb #15ebd49d
+# %% ../nbs/50_model.ipynb #648acf7a
+@register_op('rms_norm', 'reference', reference=True)
 def rms_norm(x:Tensor, # (..., dim)
              weight:Tensor, # (dim,) learned scale
              eps:float=1e-6)->Tensor:
     "x / rms(x) · weight: the reference RMSNorm."
     return F.rms_norm(x, (x.shape[-1],), weight, eps)
-register_op('rms_norm', 'reference', rms_norm, reference=True)
 
 class RMSNorm(nn.Module):
     "Root-mean-square normalisation with a learned scale."
@@ -149,7 +149,7 @@ class RMSNorm(nn.Module):
         self.weight, self.eps, self.ops = nn.Parameter(torch.ones(dim)), eps, ops
     def forward(self, x): return get_op('rms_norm', x.device, self.ops)(x, self.weight, self.eps)
 
-# %% ../nbs/50_model.ipynb #9cfbed25
+# %% ../nbs/50_model.ipynb #ba37fd13
 def rope_cos_sin(position_ids:Tensor, # (B, S) positions
                  head_dim:int, theta:float, dtype=torch.float32):
     "cos and sin tables (B, 1, S, head_dim) for rotary embeddings."
@@ -158,14 +158,15 @@ def rope_cos_sin(position_ids:Tensor, # (B, S) positions
     ang = torch.cat([ang, ang], -1)[:, None]
     return ang.cos().to(dtype), ang.sin().to(dtype)
 
+@register_op('rope', 'reference', reference=True)
 def apply_rope(x:Tensor, # (B, heads, S, head_dim)
                cos:Tensor, sin:Tensor)->Tensor:
     "Rotate feature pairs (i, i + d/2) by the position's angles: x·cos + (-x2, x1)·sin."
     x1, x2 = x.chunk(2, -1)
     return x * cos + torch.cat([-x2, x1], -1) * sin
-register_op('rope', 'reference', apply_rope, reference=True)
 
-# %% ../nbs/50_model.ipynb #0ba44c2f
+# %% ../nbs/50_model.ipynb #994e34cf
+@register_op('qk_norm_rope', 'reference', reference=True)
 def qk_norm_rope(qkv:Tensor, # (B, S, nh + 2·nkv, hd) the fused q|k|v projection
                  wq:Tensor, wk:Tensor, # (hd,) the query and key norm scales
                  cos:Tensor, sin:Tensor, # (B, 1, S, hd) from `rope_cos_sin`
@@ -174,14 +175,13 @@ def qk_norm_rope(qkv:Tensor, # (B, S, nh + 2·nkv, hd) the fused q|k|v projectio
     q, k, v = qkv.split([nh, nkv, nkv], dim=2)
     q, k = rms_norm(q, wq, eps).transpose(1, 2), rms_norm(k, wk, eps).transpose(1, 2)
     return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v.transpose(1, 2)
-register_op('qk_norm_rope', 'reference', qk_norm_rope, reference=True)
 
+@register_op('attention', 'reference', reference=True)
 def attention(q:Tensor, k:Tensor, v:Tensor, # (B, heads, S, hd); k and v may have fewer heads (GQA)
               mask:Tensor|None, # boolean (B, 1, S, S_kv) or None
               causal:bool)->Tensor:
     "Scaled dot-product attention, causal or masked, with grouped KV heads."
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=k.shape[1] != q.shape[1])
-register_op('attention', 'reference', attention, reference=True)
 
 # %% ../nbs/50_model.ipynb #05e7482a
 class Attention(nn.Module):
@@ -327,21 +327,21 @@ class CompassModel(CompassPreTrainedModel):
         if output_hidden_states: hs.append(x)
         return x, cache, auxs, (tuple(hs) if output_hidden_states else None)
 
-# %% ../nbs/50_model.ipynb #e1cb1a2e
+# %% ../nbs/50_model.ipynb #a05e7aa5
+@register_op('cross_entropy', 'reference', reference=True)
 def cross_entropy(logits:Tensor, # (N, V)
                   target:Tensor, # (N,) ids; `ignore_index` = no loss
                   ignore_index:int=-100)->Tensor:
     "Mean cross-entropy over the targets that are not `ignore_index`."
     return F.cross_entropy(logits, target, ignore_index=ignore_index)
-register_op('cross_entropy', 'reference', cross_entropy, reference=True)
 
+@register_op('head_loss', 'reference', reference=True)
 def head_loss(h:Tensor, # (N, H) last hidden states
               weight:Tensor, # (V, H) output head
               target:Tensor, # (N,) next-token ids
               ignore_index:int=-100)->Tensor:
     "The output head and the mean cross-entropy in one op: `cross_entropy(h @ weight.T, target)`."
     return F.cross_entropy(F.linear(h, weight), target, ignore_index=ignore_index)
-register_op('head_loss', 'reference', head_loss, reference=True)
 
 # %% ../nbs/50_model.ipynb #7d2790e9
 def _balance_terms(model, auxs:list, keep:Tensor|None):

@@ -16,7 +16,8 @@ from .ops import register_op, get_op
 # %% auto #0
 __all__ = ['route', 'swiglu', 'experts_loop', 'GroupedExperts', 'experts_grouped', 'apply_capacity', 'SwiGLU', 'CompassMoE']
 
-# %% ../nbs/30_moe.ipynb #e73cefef
+# %% ../nbs/30_moe.ipynb #b9b89365
+@register_op('route', 'reference', reference=True)
 def route(logits:Tensor, # (T, E) router logits, any float dtype
           k:int, # experts per token
           bias:Tensor|None=None, # (E,) aux-loss-free bias, added to the scores for top-k *selection* only
@@ -29,15 +30,15 @@ def route(logits:Tensor, # (T, E) router logits, any float dtype
     weights = probs.gather(-1, ids)
     if renormalize: weights = weights / weights.sum(-1, keepdim=True)
     return weights, ids, probs
-register_op('route', 'reference', route, reference=True)
 
-# %% ../nbs/30_moe.ipynb #6e425bfe
+# %% ../nbs/30_moe.ipynb #d981197c
 def swiglu(h:Tensor, # (..., 2F) the gate and up projections side by side
           )->Tensor:
     "silu(gate) * up, with gate = h[..., :F] and up = h[..., F:]."
     g, u = h.chunk(2, dim=-1)
     return F.silu(g) * u
 
+@register_op('experts', 'loop', reference=True)
 def experts_loop(x:Tensor, # (T, H) token activations
                  ids:Tensor, # (T, k) int64 chosen experts
                  weights:Tensor, # (T, k) float32 combine weights
@@ -52,7 +53,6 @@ def experts_loop(x:Tensor, # (T, H) token activations
         y = swiglu(x[tok] @ w_gate_up[e]) @ w_down[e]
         out = out.index_add(0, tok, y * weights[tok, slot, None].to(x.dtype))
     return out
-register_op('experts', 'loop', experts_loop, reference=True)
 
 # %% ../nbs/30_moe.ipynb #88277b12
 def _grouped_mm_ok(*ts:Tensor)->bool:
@@ -157,7 +157,8 @@ class GroupedExperts(torch.autograd.Function):
         dx = _unsort_sum(_gmm(dh, w_gate_up, counts, trans_b=True, offs=offs), inv, k)   # each token's k rows, summed
         return dx, None, dweights.view(-1, k), dw_gate_up, dw_down
 
-# %% ../nbs/30_moe.ipynb #a6285d5e
+# %% ../nbs/30_moe.ipynb #b9db0cbb
+@register_op('experts', 'grouped', priority=10)   # `auto` prefers it to the loop
 def experts_grouped(x:Tensor, # (T, H) token activations
                     ids:Tensor, # (T, k) int64 chosen experts
                     weights:Tensor, # (T, k) float32 combine weights
@@ -167,7 +168,6 @@ def experts_grouped(x:Tensor, # (T, H) token activations
     "The efficient pure-PyTorch path: tokens sorted by expert, grouped matmuls, hand-written backward."
     if x.shape[0] == 0: return torch.zeros_like(x)
     return GroupedExperts.apply(x, ids, weights, w_gate_up, w_down)
-register_op('experts', 'grouped', experts_grouped, priority=10)   # `auto` prefers it to the loop
 
 # %% ../nbs/30_moe.ipynb #38814fb5
 def apply_capacity(ids:Tensor, # (T, k) chosen experts
