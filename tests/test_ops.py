@@ -154,3 +154,9 @@ def test_checkpoint_saved_before_the_registry_loads_and_gives_the_same_outputs(t
     m.save_pretrained(tmp_path / 'again')                         # and it saves with the same keys
     from safetensors.torch import load_file
     assert load_file(tmp_path / 'again' / 'model.safetensors').keys() == load_file(d / 'model.safetensors').keys()
+
+def test_the_model_lesson_has_no_device_branch_and_no_autograd_function():
+    import compass_nbdev.model as M, compass_nbdev.moe as E
+    src = Path(M.__file__).read_text()
+    assert 'device.type' not in src and 'autograd.Function' not in src
+    assert 'device.type' not in Path(E.__file__).read_text()      # the MoE layer asks the registry too
