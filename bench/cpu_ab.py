@@ -4,39 +4,35 @@ Extracts `compass_nbdev/` at `--base` (default HEAD) with `git archive` into a t
 builds the same models from both with the same seed, and times them interleaved, so that machine load hits both alike.
 Three levels, at `bench/model_cpu.py`'s sizes (tokens 2×256, hidden 256, 4 layers, 32 experts × 128, top-4, vocab 8192):
 
-- `head`: output head + mean cross-entropy, forward + backward (the earlier `lm_head` + `_CrossEntropyFn` path when
-  `--base` predates `linear_cross_entropy`);
+- `head`: output head + mean cross-entropy, forward + backward (the op `head_loss` that `auto` picks, against the
+  base's `linear_cross_entropy`, or `F.linear` + `F.cross_entropy` when `--base` predates it);
 - `moe`: one `CompassMoE` layer, forward + backward, without and with one shared expert;
 - `model`: the whole `CompassForCausalLM` training step, blocks of 4 steps with the first untimed.
 
-    python bench/cpu_ab.py --base ffa228b [--keep-freed-memory] [--only model --rounds 20]
+    python bench/cpu_ab.py --base main [--keep-freed-memory] [--only model --rounds 20]
 
 Prints one line per comparison: median times, the change, and the largest difference of the outputs.
 """
-import argparse, ctypes, importlib, io, statistics, subprocess, sys, tarfile, tempfile, time
+import argparse, importlib, importlib.util, io, subprocess, sys, tarfile, tempfile
 from pathlib import Path
 import torch
 import torch.nn.functional as F
+from compass_nbdev.core import time_calls, median_ms
+from compass_nbdev.fast_cpu import keep_freed_memory
+from compass_nbdev.ops import get_op
 
 def load_base(commit:str, dest:Path):
-    "Import `compass_nbdev` as it was at `commit`, under the name `compass_base`."
+    "Import `compass_nbdev` as it was at `commit`, as the package `compass_base` (from its files, not from sys.path)."
     tar = subprocess.run(['git', 'archive', commit, 'compass_nbdev'], capture_output=True, check=True).stdout
     tarfile.open(fileobj=io.BytesIO(tar)).extractall(dest)
-    (dest/'compass_nbdev').rename(dest/'compass_base')
-    sys.path.insert(0, str(dest))
+    root = dest/'compass_nbdev'
+    spec = importlib.util.spec_from_file_location('compass_base', root/'__init__.py', submodule_search_locations=[str(root)])
+    pkg = importlib.util.module_from_spec(spec); sys.modules['compass_base'] = pkg; spec.loader.exec_module(pkg)
     return importlib.import_module('compass_base.model'), importlib.import_module('compass_base.moe')
 
-def med(ts): return statistics.median(ts) * 1e3
-
 def interleave(fns:dict, rounds:int, per:int=1, settle:bool=False)->dict:
-    "Median ms of each fn, timed in turn for `rounds` rounds of `per` calls (plus one untimed call first if `settle`)."
-    ts = {k: [] for k in fns}
-    for _ in range(rounds):
-        for k, f in fns.items():
-            if settle: f()
-            for _ in range(per):
-                t = time.perf_counter(); f(); ts[k].append(time.perf_counter() - t)
-    return {k: med(v) for k, v in ts.items()}
+    "Median wall ms of each fn, timed in turn (`core.time_calls`), so that machine load hits all alike."
+    return {k: median_ms(v['wall']) for k, v in time_calls(fns, rounds, per, settle).items()}
 
 def report(what, m, diff):
     print(f"{what:34s} base {m['base']:7.2f} ms   new {m['new']:7.2f} ms   {m['new']/m['base']-1:+6.1%}   max rel diff {diff:.1e}", flush=True)
@@ -49,8 +45,7 @@ def main():
     ap.add_argument('--rounds', type=int, default=6, help='model level: rounds of 3 timed steps per model')
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
-    if a.keep_freed_memory:
-        sys.path.insert(0, str(Path(__file__).parent)); from model_cpu import keep_freed_memory; keep_freed_memory()
+    if a.keep_freed_memory: keep_freed_memory()
     import compass_nbdev.model as NM, compass_nbdev.moe as NE
     tmp = tempfile.TemporaryDirectory()
     BM, BE = load_base(a.base, Path(tmp.name))
@@ -59,10 +54,12 @@ def main():
     if a.only in ('head', 'all'):
         h0, w = torch.randn(512, 256, generator=g), (torch.randn(8192, 256, generator=g) * .02).requires_grad_()
         t = torch.randint(0, 8192, (512,), generator=g)
-        def head(fused):
+        new_head = get_op('head_loss', 'cpu')                   # what the model's training step uses with `auto`
+        base_head = getattr(BM, 'linear_cross_entropy', None) or (lambda h, w, t: F.cross_entropy(F.linear(h, w), t))
+        def head(new):
             def f():
                 h = h0.clone().requires_grad_(); w.grad = None
-                l = NM.linear_cross_entropy(h, w, t) if fused else BM._CrossEntropyFn.apply(F.linear(h, w), t, -100)
+                l = new_head(h, w, t) if new else base_head(h, w, t)
                 l.backward(); return l.detach()
             return f
         diff = float((head(True)() - head(False)()).abs())

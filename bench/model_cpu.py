@@ -22,8 +22,10 @@ model's own previous step left, as in a training loop; one step of each model in
 heap left by another (batched_mm frees 3.5 GB per step). The peak memory of each is measured in a warm-up step while the
 others are idle (peak RSS increase, Linux only).
 """
-import argparse, ctypes, gc, os, resource, statistics, sys, time
+import argparse, ctypes, gc, os, resource
 import torch
+from compass_nbdev.core import time_calls, median_ms
+from compass_nbdev.fast_cpu import keep_freed_memory
 
 def rss_mb():
     for line in open('/proc/self/status'):
@@ -40,13 +42,6 @@ def reset_peak():
     try:
         with open('/proc/self/clear_refs', 'w') as f: f.write('5')     # resets VmHWM (peak RSS) on Linux
     except OSError: pass
-
-def keep_freed_memory():
-    "glibc: serve allocations up to 32 MB from the heap and never trim it, so freed memory is reused without page faults."
-    libc = ctypes.CDLL('libc.so.6')
-    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3                 # <malloc.h>
-    ok = libc.mallopt(M_MMAP_THRESHOLD, 32 << 20) and libc.mallopt(M_TRIM_THRESHOLD, (1 << 31) - 1)
-    if not ok: raise RuntimeError("mallopt refused the thresholds")
 
 def sizes(a):
     return dict(vocab_size=a.vocab, hidden_size=a.hidden, num_hidden_layers=a.layers, num_attention_heads=a.heads,
@@ -81,10 +76,9 @@ def product_rate(a, repeats:int=15)->float:
     "GFLOP/s of the output head's product (tokens x hidden by hidden x vocab) alone: the best rate a step's products get."
     h, w = torch.randn(a.batch * a.seq, a.hidden), torch.randn(a.vocab, a.hidden)
     z = torch.empty(h.shape[0], a.vocab)
-    ts = []
-    for _ in range(repeats + 3):
-        t0 = time.perf_counter(); torch.mm(h, w.t(), out=z); ts.append(time.perf_counter() - t0)
-    return 2 * h.shape[0] * a.hidden * a.vocab / statistics.median(ts[3:]) / 1e9
+    for _ in range(3): torch.mm(h, w.t(), out=z)                            # warm-up
+    ts = time_calls({'mm': lambda: torch.mm(h, w.t(), out=z)}, rounds=repeats)['mm']['wall']
+    return 2 * h.shape[0] * a.hidden * a.vocab / (median_ms(ts) / 1e3) / 1e9
 
 def train_step(model, x):
     out = model(input_ids=x, labels=x)
@@ -160,24 +154,24 @@ def main():
         models[name] = build().train()
     for m in models.values(): train_step(m, x)      # warm-up step of every model
     mem = {name: peak_mb(m, x) for name, m in models.items()}   # then each one's peak, the others idle
-    times, cpu, faults = {name: [] for name in models}, {name: [] for name in models}, {name: [] for name in models}
     per_turn = max(a.block - 1, 1)
-    for i in range(-(-a.steps // per_turn)):     # round robin of blocks, so load changes hit every model alike
-        for name, m in models.items():
-            if 'batched_mm' in name and len(times[name]) >= a.batched_steps: continue   # ~30x slower: fewer steps
-            if a.block > 1: train_step(m, x)      # untimed: settles the allocator after the previous model
-            for _ in range(per_turn):
-                f0, t0, c0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, time.perf_counter(), time.process_time()
-                train_step(m, x)
-                times[name].append(time.perf_counter() - t0); cpu[name].append(time.process_time() - c0)
-                faults[name].append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
+    faults = {n: [] for n in models}         # minor page faults of every step (the untimed ones too)
+    def counted(n):
+        f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        train_step(models[n], x)
+        faults[n].append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
+    def timed(names, steps):                 # round robin of blocks (`core.time_calls`), so load hits every model alike
+        fns = {n: (lambda n=n: counted(n)) for n in names}
+        return time_calls(fns, rounds=-(-steps // per_turn), per=per_turn, settle=a.block > 1) if fns else {}
+    slow = [n for n in models if 'batched_mm' in n]                   # ~30x slower: fewer steps, timed on their own
+    ts = {**timed([n for n in models if n not in slow], a.steps), **timed(slow, a.batched_steps)}
     res = {}
     for name, m in models.items():
-        med, mn, n = statistics.median(times[name]), min(times[name]), sum(p.numel() for p in m.parameters())
-        cs = statistics.median(cpu[name])
+        med, mn, n = median_ms(ts[name]['wall']) / 1e3, min(ts[name]['wall']), sum(p.numel() for p in m.parameters())
+        cs = median_ms(ts[name]['cpu']) / 1e3
         res[name] = (med, mn, mem[name], n, cs)
         print(f"{name:24s} params {n/1e6:6.2f}M  step median {med*1e3:8.1f} ms  min {mn*1e3:8.1f} ms  "
-              f"CPU {cs*1e3:8.1f} ms  peak +{mem[name]:7.1f} MB  page faults {statistics.median(faults[name]):7.0f}/step", flush=True)
+              f"CPU {cs*1e3:8.1f} ms  peak +{mem[name]:7.1f} MB  page faults {sorted(faults[name])[len(faults[name]) // 2]:7.0f}/step", flush=True)
     def ratios(i):   # i = 0: median step time, 1: minimum (least disturbed by other processes), 4: median CPU time
         q3 = min((v[i], k) for k, v in res.items() if k.startswith('qwen3'))
         q2 = min((v[i], k) for k, v in res.items() if k.startswith('qwen2'))

@@ -221,7 +221,11 @@ def test_experts_under_autocast_run_in_the_autocast_dtype():
         assert rel_err(a.cpu(), b) < TOL[torch.float16]
 
 def test_registered_as_triton():
-    assert moe.get_experts_impl("triton") is kernels.triton_experts
+    from compass_nbdev.ops import get_op
+    assert get_op("experts", "cuda", {"experts": "triton"}) is kernels.triton_experts
+    assert get_op("route", "cuda", {"route": "triton"}) is kernels.triton_route
+    assert get_op("experts", "cuda") is kernels.triton_experts and get_op("route", "cuda") is kernels.triton_route
+    assert get_op("experts", "cpu") is moe.experts_grouped and get_op("route", "cpu") is moe.route   # never the interpreter
 
 
 def test_compass_moe_layer_with_triton_impl():

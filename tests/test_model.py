@@ -152,7 +152,8 @@ def test_moe_impl_switch_keeps_logits(tiny):
 
 # --- hand-written backwards of the CPU fast path (issue #4 rerun) ---
 import torch.nn.functional as F
-from compass_nbdev.model import RMSNorm, apply_rope, rope_cos_sin, _CrossEntropyFn
+from compass_nbdev.model import RMSNorm, apply_rope, rope_cos_sin
+from compass_nbdev.fast_cpu import cross_entropy_fused, rope_fused
 
 def test_lm_loss_matches_torch_cross_entropy(tiny):
     x = torch.randint(0, 512, (2, 11)); x[1, 7:] = 0
@@ -172,7 +173,7 @@ def test_cross_entropy_fn_value_and_grad(dtype):
     g = torch.Generator().manual_seed(1)
     lg = (torch.randn(9, 37, generator=g) * 3).to(dtype).requires_grad_()
     tg = torch.randint(0, 37, (9,), generator=g); tg[[2, 5]] = -100
-    ours = _CrossEntropyFn.apply(lg, tg, -100)
+    ours = cross_entropy_fused(lg, tg)
     ref = F.cross_entropy(lg.float(), tg, ignore_index=-100)
     (go,) = torch.autograd.grad(ours * 2.5, lg)
     (gr,) = torch.autograd.grad(ref * 2.5, lg)
@@ -183,11 +184,11 @@ def test_cross_entropy_fn_value_and_grad(dtype):
 
 def test_cross_entropy_fn_second_backward_and_all_ignored():
     lg = torch.randn(4, 5, requires_grad=True)
-    loss = _CrossEntropyFn.apply(lg, torch.tensor([0, 1, 2, 3]), -100)
+    loss = cross_entropy_fused(lg, torch.tensor([0, 1, 2, 3]))
     loss.backward(retain_graph=True); g1 = lg.grad.clone()
     loss.backward()                                               # retain_graph works: the saved buffer is untouched
     torch.testing.assert_close(lg.grad, 2 * g1)
-    assert torch.isnan(_CrossEntropyFn.apply(lg, torch.full((4,), -100), -100))   # like F.cross_entropy: 0/0
+    assert torch.isnan(cross_entropy_fused(lg, torch.full((4,), -100)))   # like F.cross_entropy: 0/0
 
 @pytest.mark.parametrize('shape', [(3, 5, 16), (2, 7, 3, 8)])
 def test_rmsnorm_backward_matches_autograd(shape):
@@ -217,17 +218,19 @@ def test_rope_matches_textbook_formula_and_gradcheck():
     x = torch.randn(2, 3, 7, 12, dtype=torch.float64, requires_grad=True)
     x1, x2 = x.chunk(2, -1)
     ref = x * cos + torch.cat([-x2, x1], -1) * sin
-    ours = apply_rope(x, cos, sin)
+    torch.testing.assert_close(apply_rope(x, cos, sin), ref)           # the reference is the formula
+    ours = rope_fused(x, cos, sin)
     torch.testing.assert_close(ours, ref)
     go = torch.randn_like(ref)
     torch.testing.assert_close(torch.autograd.grad(ours, x, go)[0], torch.autograd.grad(ref, x, go)[0])
     # with general (unequal-halves) tables too, the backward is the exact transpose
     c2, s2 = torch.randn(1, 1, 7, 12, dtype=torch.float64), torch.randn(1, 1, 7, 12, dtype=torch.float64)
-    assert torch.autograd.gradcheck(lambda t: apply_rope(t, c2, s2), (x.detach()[:1, :1].clone().requires_grad_(),))
+    assert torch.autograd.gradcheck(lambda t: rope_fused(t, c2, s2), (x.detach()[:1, :1].clone().requires_grad_(),))
 
 
 # --- fused output head + loss, fused QK-norm + RoPE, router + shared experts in one product (issue #4, third pass) ---
-from compass_nbdev.model import linear_cross_entropy, Attention
+from compass_nbdev.model import Attention
+from compass_nbdev.fast_cpu import linear_cross_entropy
 from compass_nbdev.moe import CompassMoE, swiglu
 
 @pytest.mark.parametrize('dtype,chunk_rows', [(torch.float64, 64), (torch.float32, 64), (torch.float32, 1000)])

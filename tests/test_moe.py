@@ -2,8 +2,8 @@
 import math, pytest, torch
 import torch.nn.functional as F
 from compass_nbdev.core import ConfigError
-from compass_nbdev.moe import (route, experts_loop, experts_grouped, get_experts_impl, register_experts_impl,
-                               EXPERT_IMPLS, apply_capacity, CompassMoE)
+from compass_nbdev.moe import route, experts_loop, experts_grouped, apply_capacity, CompassMoE
+from compass_nbdev.ops import get_op, register_op, OPS, use_ops
 
 TOL = {torch.float64: 1e-9, torch.float32: 1e-4, torch.bfloat16: 3e-2}
 
@@ -79,14 +79,22 @@ def test_route_contract():
     torch.testing.assert_close(w2, p2.gather(-1, ids2))         # ... but the weights are the unbiased probabilities
 
 def test_registry():
-    assert get_experts_impl('auto', 'cpu') is experts_grouped
-    assert get_experts_impl('loop') is experts_loop
-    with pytest.raises(ConfigError, match="moe_impl.*allowed: .*grouped.*loop"):
-        get_experts_impl('nope')
-    @register_experts_impl('_test_impl')
-    def f(*a): return experts_loop(*a)
-    assert get_experts_impl('_test_impl') is f
-    del EXPERT_IMPLS['_test_impl']
+    assert get_op('experts', 'cpu') is experts_grouped
+    assert get_op('experts', 'cpu', 'reference') is experts_loop and get_op('route', 'cpu', 'reference') is route
+    with pytest.raises(ConfigError, match="ops.experts: 'nope' is not an implementation of experts; allowed: auto, reference, .*grouped.*loop"):
+        get_op('experts', 'cpu', {'experts': 'nope'})
+    calls = []
+    @register_op('experts', '_test_impl', devices=('cpu',), priority=99)
+    def f(*a): calls.append(1); return experts_loop(*a)
+    try:
+        assert get_op('experts', 'cpu') is f                          # the highest priority wins `auto`
+        moe = CompassMoE(8, 4, n_experts=4, k=2); moe(torch.randn(3, 8))
+        assert calls == [1]
+        moe.impl = 'grouped'; moe(torch.randn(3, 8)); assert calls == [1]   # a name beats `auto`
+        with use_ops('reference'): moe(torch.randn(3, 8))            # and `use_ops` beats a name
+        assert calls == [1]
+    finally:
+        del OPS['experts']['_test_impl']; get_op.__globals__['_cache'].clear()
 
 def test_capacity_drops():
     ids = torch.tensor([[0, 1], [0, 2], [0, 3], [1, 0]])
