@@ -6,26 +6,26 @@ Docs: https://compass-nbdev.github.io/compass_nbdev/cli.html.md"""
 
 # %% ../nbs/90_cli.ipynb #199353b3
 from __future__ import annotations
-import sys, os, argparse, time, json, logging, inspect
+import sys, os, argparse, time, json, logging
 from copy import deepcopy
 from dataclasses import dataclass, field
 from pathlib import Path
 import yaml
-from .core import Config, ConfigError, CompassError, atomic_write_text, load_config_file, resolve_data_dir, get_logger, SYNTHETIC, setting
+from .core import Config, ConfigError, CompassError, atomic_write_text, load_config_file, resolve_data_dir, get_logger, SYNTHETIC, setting, PRESETS
+from .core import preset as core_preset
 from . import data, tokenizer
 from .data import DataConfig
-from .tokenizer import TokenizerConfig, TOKENIZER_PRESETS, eval_tokenizer_stage
-from .train import TrainConfig, TRAIN_PRESETS
+from .tokenizer import TokenizerConfig, eval_tokenizer_stage
+from .train import TrainConfig
 from . import train
-from .model import CompassConfig
 from . import evaluate
 from .evaluate import EvalConfig
 from .sft import SFTConfig
 from . import sft
 
 # %% auto #0
-__all__ = ['SEEDED', 'PRESETS', 'log', 'STAGES', 'AFTER_STAGES', 'COMMANDS', 'RunConfig', 'check_model_overrides',
-           'parse_overrides', 'resolve_config', 'RunDir', 'run_recipe', 'make_parser', 'chat_model_dir', 'main']
+__all__ = ['SEEDED', 'log', 'STAGES', 'AFTER_STAGES', 'FREE_KEYS', 'COMMANDS', 'RunConfig', 'parse_overrides', 'resolve_config',
+           'RunDir', 'config_changes', 'check_run_folder', 'run_recipe', 'make_parser', 'chat_model_dir', 'main']
 
 # %% ../nbs/90_cli.ipynb #9362ed7a
 @dataclass
@@ -41,35 +41,9 @@ class RunConfig(Config):
     eval: EvalConfig = field(default_factory=EvalConfig)  # evaluation of the trained model
     sft: SFTConfig = field(default_factory=SFTConfig)  # fast/deep chat fine-tuning (`compass sft`)
 
-    def validate(self):
-        for s in SEEDED:
-            if getattr(self, s).seed < 0: raise ConfigError(f"must be >= 0, got {getattr(self, s).seed}", f'{s}.seed')
-        check_model_overrides(self.train.model_overrides)
-
 # %% ../nbs/90_cli.ipynb #f125ad2a
 SEEDED = ('data', 'tokenizer', 'train', 'sft')  # the sections with a `seed` (evaluation samples stay fixed, so runs compare)
 
-def check_model_overrides(overrides:dict, # `train.model_overrides`
-                         ):
-    "Refuse keys that `CompassConfig` does not have, listing the allowed ones."
-    allowed = [p for p in inspect.signature(CompassConfig.__init__).parameters if p not in ('self', 'kwargs')]
-    for k in overrides:
-        if k not in allowed: raise ConfigError(f"unknown key; allowed: {', '.join(allowed)}", f'train.model_overrides.{k}')
-
-# %% ../nbs/90_cli.ipynb #11793113
-PRESETS = {
-    'tiny':       {'data': {'synthetic_docs_per_lang': 40, 'max_docs_per_source': 300},
-                   'tokenizer': TOKENIZER_PRESETS['tiny'], 'train': TRAIN_PRESETS['tiny'],
-                   'eval': {'tasks': ['belebele_th', 'sentiment_smsa_id'], 'bpb_limit': 16, 'task_limit': 8, 'probe': False, 'routing_n': 8},
-                   'sft': {'steps': 8, 'seq_len': 128, 'batch_size': 4, 'warmup_steps': 2, 'n_per_task': 20, 'synthetic_per_lang': 6, 'log_every': 4}},
-    'laptop':     {'data': {'synthetic_docs_per_lang': 400, 'max_docs_per_source': 3000},
-                   'tokenizer': TOKENIZER_PRESETS['laptop'], 'train': TRAIN_PRESETS['laptop']},
-    'gpu-small':  {'data': {'synthetic_docs_per_lang': 2000, 'max_docs_per_source': None}, 'eval': {'bpb_limit': None, 'task_limit': None, 'probe_train': 2000},
-                   'tokenizer': {**TOKENIZER_PRESETS['laptop'], 'vocab_size': 32768, 'sizes': {'general': 24576, 'other': 6144, 'zh': 12288}},
-                   'train': TRAIN_PRESETS['gpu-small']},
-    'compass-v2': {'data': {'synthetic_docs_per_lang': 2000, 'max_docs_per_source': None}, 'eval': {'bpb_limit': None, 'task_limit': None, 'probe_train': 2000},
-                   'tokenizer': TOKENIZER_PRESETS['compass-v2'], 'train': TRAIN_PRESETS['compass-v2']},
-}
 
 # %% ../nbs/90_cli.ipynb #707e7647
 def _deep_merge(base:dict, over:dict)->dict:
@@ -102,7 +76,7 @@ def _one_seed(d:dict)->dict:
     if not isinstance(s, int) or isinstance(s, bool) or s < 0: return d
     return {**d, **{k: {**d.get(k, {}), 'seed': s} for k in SEEDED if isinstance(d.get(k, {}), dict)}}
 
-def resolve_config(preset:str='laptop', # a name from `PRESETS`
+def resolve_config(preset:str='laptop', # a name from `core.PRESETS`
                    config_file:str|Path|None=None, # a YAML/TOML run config that overrides the preset
                    overrides:dict|None=None, # e.g. from `parse_overrides` (command line) — applied last
                   )->RunConfig:
@@ -110,8 +84,7 @@ def resolve_config(preset:str='laptop', # a name from `PRESETS`
     d = {}
     if config_file: d = load_config_file(config_file)
     preset = (overrides or {}).get('preset') or d.get('preset') or preset
-    if preset not in PRESETS: raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}", 'preset')
-    merged = _deep_merge(_deep_merge({'name': preset, 'preset': preset}, PRESETS[preset]), d)
+    merged = _deep_merge(_deep_merge({'name': preset, 'preset': preset}, core_preset(preset)), d)
     return RunConfig.from_dict(_one_seed(_deep_merge(merged, overrides or {})))
 
 # %% ../nbs/90_cli.ipynb #8d3146ee
@@ -135,16 +108,38 @@ class RunDir:
 log = get_logger('cli')
 
 # %% ../nbs/90_cli.ipynb #2f63aa5a
-STAGES = {'data': lambda cfg, run: data.run(cfg.data, run.path, cfg.data_dir),
-          'tokenizer': lambda cfg, run: tokenizer.run(cfg.tokenizer, run.path, cfg.data_dir), 'train': train.run,
-          'eval': lambda cfg, run: evaluate.run(cfg.eval, run.path, cfg.data_dir)}  # `compass run` runs these in order
-AFTER_STAGES = {'report': lambda cfg, run: {'report': str(evaluate.report(run.path))},
+STAGES = {'data': data.run, 'tokenizer': tokenizer.run, 'train': train.run, 'eval': evaluate.run}  # `compass run` runs these in order
+AFTER_STAGES = {'report': lambda cfg, run_dir: {'report': str(evaluate.report(run_dir))},
                 'sft': sft.run}  # run only when named: `compass report`, `compass sft`
 
+
 # %% ../nbs/90_cli.ipynb #db5eb7e3
+FREE_KEYS = ('name', 'preset', 'eval', 'sft', *(f'train.{k}' for k in train.RUN_ONLY_KEYS))  # may change in a trained run
+
+def config_changes(old:RunConfig, # the configuration saved in the run folder
+                   new:RunConfig, # the one a command asks for
+                   free:tuple=FREE_KEYS, # keys (and sections) that may change
+                  )->list[str]:
+    "`key: old -> new` for every setting that differs and that the run's checkpoints or model depend on."
+    return [d for d in train._diff(old.to_dict(), new.to_dict())
+            if not any(d.split(':')[0] == k or d.startswith(k + '.') for k in free)]
+
+def check_run_folder(run:RunDir, cfg:RunConfig,
+                     stages:list[str]|None=None, # the stages about to run; evaluation alone may use another data dir
+                    ):
+    "Refuse, before anything is written, a configuration that does not describe what a trained run folder holds."
+    trained = (run/'model'/'config.json').is_file() or any((run/'checkpoints').glob('step_*'))
+    if not (trained and run.config_path.is_file()): return
+    free = FREE_KEYS + (('data_dir',) if stages and set(stages) <= {'eval', 'report', 'sft'} else ())
+    if diffs := config_changes(run.load_config(), cfg, free):
+        more = f"; and {len(diffs) - 6} more" if len(diffs) > 6 else ''
+        raise CompassError(f"{run.path} was trained with another configuration ({'; '.join(diffs[:6])}{more}); nothing was "
+                           "changed. Use a new run folder (--run-dir), or `compass run --restart` to train this one anew", 'run_dir')
+
 def run_recipe(cfg:RunConfig, # the resolved configuration
                run_dir:str|Path|None=None, # the run folder (default runs/<name>)
                stages:list[str]|None=None, # which stages (default: all, in order)
+               restart:bool=False, # train anew: delete the run's checkpoints (after the checks)
               )->dict:
     "Run the recipe's stages into a run folder; returns each stage's summary."
     run = RunDir(run_dir or Path('runs')/cfg.name)
@@ -152,14 +147,17 @@ def run_recipe(cfg:RunConfig, # the resolved configuration
     every = {**STAGES, **AFTER_STAGES}
     for s in stages or []:
         if s not in every: raise ConfigError(f"unknown stage {s!r}; choose from {', '.join(every)}", 'stages')
+    if restart and run.path.is_dir(): train.clear_checkpoints(run.path)
+    else: check_run_folder(run, cfg, stages)
     run.save_config(cfg)
     out = {}
     for name, fn in every.items():
         if (stages and name not in stages) or (not stages and name in AFTER_STAGES): continue
         t0 = time.time()
-        out[name] = fn(cfg, run)
+        out[name] = fn(cfg, run.path)
         log.info("stage %s done in %.1fs", name, time.time()-t0)
     return out
+
 
 # %% ../nbs/90_cli.ipynb #18eed071
 COMMANDS = {'run': "run the whole recipe into a run folder", 'data': "clean, deduplicate and mix the corpus",
@@ -316,11 +314,10 @@ def main(argv:list[str]|None=None)->int:
         run_dir = a.run_dir or Path('runs')/cfg.name
         if a.cmd == 'tokenizer' and a.action == 'eval': return _tokenizer_eval(cfg, RunDir(run_dir), a.peers)
         stages = None if a.cmd == 'run' else [a.cmd]
-        if getattr(a, 'restart', False) and Path(run_dir).is_dir(): train.clear_checkpoints(run_dir)
-        out = run_recipe(cfg, run_dir, stages)
+        out = run_recipe(cfg, run_dir, stages, restart=getattr(a, 'restart', False))
         print(f"run folder: {run_dir}")
         for k,v in out.items(): print(f"{k}: {json.dumps(v, ensure_ascii=False, default=str)[:400]}")
-        if out.get('train', {}).get('status') == 'interrupted': return 130  # Ctrl-C: a checkpoint was saved
+        if any(isinstance(s, dict) and s.get('status') == 'interrupted' for s in out.values()): return 130  # Ctrl-C: a checkpoint was saved
         return 0
     except CompassError as e:
         print(f"compass: error: {e}", file=sys.stderr)

@@ -12,10 +12,10 @@ from pathlib import Path
 from dataclasses import dataclass, field, fields, asdict, MISSING
 
 # %% auto #0
-__all__ = ['LANGS', 'SEA_LANGS', 'DATA_DIR_ENV', 'SYNTHETIC', 'logger', 'CompassError', 'ConfigError', 'DataError',
+__all__ = ['LANGS', 'SEA_LANGS', 'DATA_DIR_ENV', 'SYNTHETIC', 'PRESETS', 'logger', 'CompassError', 'ConfigError', 'DataError',
            'atomic_write', 'atomic_write_text', 'atomic_write_json', 'atomic_dir', 'Lang', 'check_lang',
-           'resolve_data_dir', 'setting', 'Config', 'load_config_file', 'md_table', 'time_calls', 'median_ms',
-           'get_logger']
+           'resolve_data_dir', 'setting', 'Config', 'load_config_file', 'add_presets', 'preset', 'md_table',
+           'time_calls', 'median_ms', 'get_logger']
 
 # %% ../nbs/00_core.ipynb #81b1cf7a
 class CompassError(ValueError):
@@ -251,19 +251,39 @@ def load_config_file(path:str|Path)->dict:
     if not isinstance(d, dict): raise ConfigError("top level must be a mapping", str(path))
     return d
 
+# %% ../nbs/00_core.ipynb #c0a1b2c2
+PRESETS:dict[str, dict[str, dict]] = {}  # run preset name -> stage section -> settings (filled by each stage)
+
+def add_presets(section:str, # the stage's section of the run config, e.g. 'tokenizer'
+                table:dict[str, dict], # run preset name -> that stage's settings
+               )->dict:
+    "Add one stage's settings for each named run preset to `PRESETS`; returns `table` (the stage keeps it under its own name)."
+    for name, values in table.items(): PRESETS.setdefault(name, {})[section] = values
+    return table
+
+def preset(name:str, # a run preset, e.g. 'laptop'
+          )->dict:
+    "The settings of one run preset, section by section; an unknown name raises `ConfigError` listing the known ones."
+    if name not in PRESETS: raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}", 'preset')
+    return PRESETS[name]
+
+
 # %% ../nbs/00_core.ipynb #e654ead6
 def md_table(data, # a DataFrame (its index is kept when named) or a list of flat dicts
              floatfmt:str='{:.3f}', # how floats are shown
+             right:tuple=(), # columns aligned right (numbers)
             )->str:
-    "A markdown table."
+    "A markdown table; a `|` inside a cell is escaped."
     if isinstance(data, (list, tuple)):
         cols = list(dict.fromkeys(k for r in data for k in r)); rows = [[r.get(k, '') for k in cols] for r in data]
     else:
         d = data.reset_index() if data.index.name or any(data.index.names) else data
         cols, rows = list(d.columns), list(d.itertuples(index=False))
-    fmt = lambda v: floatfmt.format(v) if isinstance(v, float) else str(v)
-    lines = [' | '.join(map(str, cols)), ' | '.join(['---'] * len(cols))] + [' | '.join(fmt(v) for v in r) for r in rows]
+    fmt = lambda v: (floatfmt.format(v) if isinstance(v, float) else str(v)).replace('|', '\\|')
+    rule = ['---:' if c in right else '---' for c in cols]
+    lines = [' | '.join(map(str, cols)), ' | '.join(rule)] + [' | '.join(fmt(v) for v in r) for r in rows]
     return '\n'.join(f'| {l} |' for l in lines)
+
 
 # %% ../nbs/00_core.ipynb #3cf71640
 def time_calls(fns:dict, # {name: zero-argument callable}

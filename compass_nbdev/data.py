@@ -14,15 +14,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import regex
-from .core import (CompassError, ConfigError, DataError, Config, setting, LANGS, check_lang, resolve_data_dir,
+from .core import (CompassError, ConfigError, DataError, Config, setting, add_presets, LANGS, check_lang, resolve_data_dir,
                                  atomic_write, atomic_write_text, atomic_write_json, md_table, get_logger, SYNTHETIC)
 
 # %% auto #0
-__all__ = ['log', 'COLUMNS', 'SIMP_ONLY', 'TRAD_ONLY', 'REASONS', 'ScriptRules', 'DataConfig', 'Records', 'read_jsonl',
-           'split_doc', 'load_corpus', 'normalize_text', 'quality_signals', 'quality_reason', 'variant_counts',
-           'chinese_variant', 'detect_lang', 'clean_doc', 'minhash_signatures', 'lsh_params', 'near_duplicates',
-           'CleanReport', 'signatures_parallel', 'clean_corpus', 'mix_weights', 'sample_mix', 'plot_report', 'plot_mix',
-           'report_markdown', 'write_clean', 'load_clean', 'run']
+__all__ = ['log', 'DATA_PRESETS', 'COLUMNS', 'SIMP_ONLY', 'TRAD_ONLY', 'REASONS', 'ScriptRules', 'DataConfig', 'Records',
+           'read_jsonl', 'split_doc', 'load_corpus', 'normalize_text', 'quality_signals', 'quality_reason',
+           'variant_counts', 'chinese_variant', 'detect_lang', 'clean_doc', 'minhash_signatures', 'lsh_params',
+           'near_duplicates', 'CleanReport', 'signatures_parallel', 'clean_corpus', 'mix_weights', 'sample_mix',
+           'plot_report', 'plot_mix', 'report_markdown', 'write_clean', 'load_clean', 'run']
 
 # %% ../nbs/11_data.ipynb #e8893a64
 log = get_logger('data')
@@ -80,6 +80,15 @@ class DataConfig(Config):
     def rules(self, lang:str)->ScriptRules:
         "The `ScriptRules` for `lang`'s script."
         return getattr(self, LANGS[lang].script)
+
+# %% ../nbs/11_data.ipynb #d0a1b2c2
+DATA_PRESETS = add_presets('data', {
+    'tiny':       {'synthetic_docs_per_lang': 40,   'max_docs_per_source': 300},
+    'laptop':     {'synthetic_docs_per_lang': 400,  'max_docs_per_source': 3000},
+    'gpu-small':  {'synthetic_docs_per_lang': 2000, 'max_docs_per_source': None},
+    'compass-v2': {'synthetic_docs_per_lang': 2000, 'max_docs_per_source': None},
+})
+
 
 # %% ../nbs/11_data.ipynb #068358b5
 class Records(list):
@@ -835,12 +844,13 @@ def _write_plots(out_dir:Path, rep:CleanReport, mw:pd.DataFrame):
     atomic_write_text(out_dir/'mix.csv', mw.to_csv(index=False))
 
 # %% ../nbs/11_data.ipynb #c858f8c9
-def run(cfg:DataConfig|None=None, # data settings
+def run(cfg:DataConfig|None=None, # data settings, or the whole run configuration (its `data` and `data_dir`)
         run_dir:str|Path='.', # the run folder: the stage writes `run_dir/data`
         data_dir:str|Path|None=None, # data dir or 'synthetic' (None: $COMPASS_DATA_DIR, else synthetic)
        )->dict:
     "The data stage: load, clean, dedup and mix into `run_dir/data` (report.md/png, mix.csv/png, summary.json, clean/)."
-    cfg, out_dir, t0 = cfg or DataConfig(), Path(run_dir)/'data', time.perf_counter()
+    data_dir = data_dir or getattr(cfg, 'data_dir', None)
+    cfg, out_dir, t0 = getattr(cfg, 'data', cfg) or DataConfig(), Path(run_dir)/'data', time.perf_counter()
     root = resolve_data_dir(data_dir); source = str(root or SYNTHETIC)
     log.info("data stage: %s", source)
     st, timer = {}, _StageTimer()

@@ -8,7 +8,7 @@ Docs: https://compass-nbdev.github.io/compass_nbdev/data_cards.html.md"""
 from __future__ import annotations
 import csv, re
 from pathlib import Path
-from .core import LANGS, CompassError, DataError, check_lang
+from .core import LANGS, CompassError, DataError, check_lang, md_table
 
 # %% auto #0
 __all__ = ['LICENSE_FLAGS', 'CARD_FIELDS', 'CARD_SECTIONS', 'CARD_KINDS', 'INDEX_COLS', 'CARDS_URL', 'license_flag', 'read_card',
@@ -116,13 +116,10 @@ def cards_table(cards:list[dict], # from `read_cards`
              'records': c['records'], 'license': c['license'], 'flag': c['license_flag']} for c in cards]
     df = pd.DataFrame(rows, columns=INDEX_COLS)
     if not markdown: return df
-    esc = lambda v: str(v).replace('|', '\\|')
     src = lambda s: f"[{s}]({link_base}/{s}.md)" if link_base else s
     flag = lambda f: f if f == 'ok' else f"**{f}**"
-    lines = ['| ' + ' | '.join(INDEX_COLS) + ' |', '|' + '|'.join(['---'] * 4 + ['---:'] + ['---'] * 2) + '|']
-    lines += ['| ' + ' | '.join([src(r['source']), r['kind'], r['languages'], r['domain'], f"{r['records']:,}", esc(r['license']), flag(r['flag'])]) + ' |'
-              for r in rows]
-    return '\n'.join(lines)
+    return md_table([{**r, 'source': src(r['source']), 'records': f"{r['records']:,}", 'flag': flag(r['flag'])} for r in rows], right=('records',))
+
 
 # %% ../nbs/12_data_cards.ipynb #e2281f9e
 def read_manifest(data_dir:str|Path, # a data directory with MANIFEST.tsv

@@ -12,18 +12,18 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from .core import (CompassError, ConfigError, DataError, Config, LANGS, atomic_write, atomic_write_json,
+from .core import (CompassError, ConfigError, DataError, Config, add_presets, LANGS, atomic_write, atomic_write_json,
                                 atomic_write_text, resolve_data_dir, load_config_file, get_logger, setting, md_table)
 from .data import read_jsonl
 from .tokenizer import ntrex_texts
 from .train import nll_sums
 
 # %% auto #0
-__all__ = ['log', 'prefix_token_id', 'text_nll', 'bootstrap_ratio', 'ntrex_path', 'bits_per_byte', 'bpb_table', 'token_nll',
-           'encode_pair', 'loglikelihoods', 'fields_in', 'TaskSpec', 'load_spec', 'builtin_tasks', 'Task', 'load_task',
-           'evaluate_task', 'evaluate_tasks', 'tasks_table', 'lm_eval_task_yaml', 'mean_features', 'linear_probe',
-           'routing_counts', 'mutual_information', 'routing_summary', 'plot_routing', 'domain_groups', 'EvalConfig',
-           'load_model', 'evaluate_model', 'run', 'plot_bpb', 'plot_tasks', 'report']
+__all__ = ['log', 'EVAL_PRESETS', 'prefix_token_id', 'text_nll', 'bootstrap_ratio', 'ntrex_path', 'bits_per_byte', 'bpb_table',
+           'token_nll', 'encode_pair', 'loglikelihoods', 'fields_in', 'TaskSpec', 'load_spec', 'builtin_tasks', 'Task',
+           'load_task', 'evaluate_task', 'evaluate_tasks', 'tasks_table', 'lm_eval_task_yaml', 'mean_features',
+           'linear_probe', 'routing_counts', 'mutual_information', 'routing_summary', 'plot_routing', 'domain_groups',
+           'EvalConfig', 'load_model', 'evaluate_model', 'run', 'plot_bpb', 'plot_tasks', 'report']
 
 # %% ../nbs/70_eval.ipynb #97c532a0
 log = get_logger('evaluate')
@@ -494,6 +494,14 @@ class EvalConfig(Config):
     routing_n:int = setting(50, ge=1)  # texts per language / domain for the routing analysis
     batch_size:int = setting(16, ge=1)  # sequences per forward pass
 
+# %% ../nbs/70_eval.ipynb #e0a1b2c1
+EVAL_PRESETS = add_presets('eval', {  # this stage's section of the run presets (`core.PRESETS`); laptop keeps the defaults
+    'tiny':       {'tasks': ['belebele_th', 'sentiment_smsa_id'], 'bpb_limit': 16, 'task_limit': 8, 'probe': False, 'routing_n': 8},
+    'gpu-small':  {'bpb_limit': None, 'task_limit': None, 'probe_train': 2000},
+    'compass-v2': {'bpb_limit': None, 'task_limit': None, 'probe_train': 2000},
+})
+
+
 # %% ../nbs/70_eval.ipynb #03c42ead
 def load_model(path:str|Path, # a `save_pretrained` folder with its tokenizer
                device:str|None=None, # default: cuda if available, else cpu
@@ -543,12 +551,13 @@ def evaluate_model(model, tok, # any causal LM and its tokenizer
     return {'mean_bpb': bpb['mean_bpb'], 'written': sorted(p.name for p in out.glob('*.json'))}
 
 # %% ../nbs/70_eval.ipynb #4457caac
-def run(cfg:EvalConfig, # what to measure
+def run(cfg:EvalConfig, # what to measure, or the whole run configuration (its `eval` and `data_dir`)
         run_dir:str|Path, # the run folder: reads model/, writes eval/*.json and report.md
         data_dir=None, # a data directory with eval/ (None: $COMPASS_DATA_DIR; 'synthetic': nothing to evaluate)
         model_dir:str|Path|None=None, # evaluate this saved model instead of run_dir/model
        )->dict:
     "Evaluate the run's model into `run_dir/eval/` and write the run's report; a summary."
+    data_dir, cfg = data_dir or getattr(cfg, 'data_dir', None), getattr(cfg, 'eval', cfg)
     run_dir, d = Path(run_dir), resolve_data_dir(data_dir)
     if d is None or not (d/'eval').is_dir():
         log.info("evaluation skipped: no data directory with eval/ (the synthetic corpus has no evaluation sets)")

@@ -22,7 +22,7 @@ from .balance import (aux_loss, z_loss, GlobalCounts, all_reduce_counts, update_
 from .fast_cpu import linear_cross_entropy  # importing it registers the CPU fast paths (85_fast_cpu)
 
 # %% auto #0
-__all__ = ['PRESETS', 'CompassConfig', 'rms_norm', 'RMSNorm', 'rope_cos_sin', 'apply_rope', 'qk_norm_rope', 'attention',
+__all__ = ['MODEL_PRESETS', 'CompassConfig', 'rms_norm', 'RMSNorm', 'rope_cos_sin', 'apply_rope', 'qk_norm_rope', 'attention',
            'Attention', 'attention_mask_4d', 'segment_positions', 'segment_mask_4d', 'DecoderLayer',
            'positions_and_mask', 'CompassOutput', 'CompassPreTrainedModel', 'CompassModel', 'cross_entropy',
            'head_loss', 'CompassForCausalLM', 'model_stats']
@@ -107,13 +107,13 @@ class CompassConfig(PretrainedConfig):
     def from_preset(cls, name:str, # one of `PRESETS`
                     **overrides):
         "A validated config from a named preset, with fields overridden."
-        if name not in PRESETS: raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}", 'preset')
-        return cls(**{**PRESETS[name], **overrides})
+        if name not in MODEL_PRESETS: raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(MODEL_PRESETS)}", 'preset')
+        return cls(**{**MODEL_PRESETS[name], **overrides})
 
 # %% ../nbs/50_model.ipynb #86541d2b
 _BASE = dict(first_k_dense=1, n_shared_experts=2, num_experts_per_tok=4, norm_topk_prob=True, rope_theta=1e6,
              tie_word_embeddings=False, max_position_embeddings=4096)
-PRESETS:dict = {
+MODEL_PRESETS:dict = {
     'tiny': dict(vocab_size=512, hidden_size=64, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
                  head_dim=16, n_routed_experts=8, num_experts_per_tok=2, n_shared_experts=1, moe_intermediate_size=32,
                  first_k_dense=1, tie_word_embeddings=True, max_position_embeddings=256, rope_theta=1e4),
@@ -127,12 +127,12 @@ PRESETS:dict = {
                    num_key_value_heads=4, head_dim=128, n_routed_experts=56, moe_intermediate_size=1536,
                    max_position_embeddings=32768)},
 }
-for _n in list(PRESETS):
-    PRESETS[f'{_n}-dense'] = {**PRESETS[_n], 'n_routed_experts': 0, 'num_experts_per_tok': 0, 'n_shared_experts': 0,
-                              'first_k_dense': PRESETS[_n]['num_hidden_layers'], 'dense_from': _n,
-                              'intermediate_size': (PRESETS[_n]['num_experts_per_tok'] + PRESETS[_n]['n_shared_experts'])
-                                                   * PRESETS[_n]['moe_intermediate_size']}
-list(PRESETS)
+for _n in list(MODEL_PRESETS):
+    MODEL_PRESETS[f'{_n}-dense'] = {**MODEL_PRESETS[_n], 'n_routed_experts': 0, 'num_experts_per_tok': 0, 'n_shared_experts': 0,
+                              'first_k_dense': MODEL_PRESETS[_n]['num_hidden_layers'], 'dense_from': _n,
+                              'intermediate_size': (MODEL_PRESETS[_n]['num_experts_per_tok'] + MODEL_PRESETS[_n]['n_shared_experts'])
+                                                   * MODEL_PRESETS[_n]['moe_intermediate_size']}
+list(MODEL_PRESETS)
 
 # %% ../nbs/50_model.ipynb #648acf7a
 @register_op('rms_norm', 'reference', reference=True)

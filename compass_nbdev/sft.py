@@ -11,14 +11,14 @@ from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
 import torch
-from .core import (Config, ConfigError, CompassError, DataError, LANGS, setting, atomic_dir, atomic_write_json,
+from .core import (Config, ConfigError, CompassError, DataError, LANGS, setting, add_presets, atomic_dir, atomic_write_json,
                                 resolve_data_dir, get_logger)
 from .model import CompassForCausalLM
 from .train import (PhaseConfig, BatchSource, Learner, ProgressCB, MetricsCB, CheckpointCB, InterruptCB,
                                  DivergenceCB, StopAfterCB, list_checkpoints, run_lock)
 
 # %% auto #0
-__all__ = ['log', 'ROLES', 'IM_START', 'IM_END', 'THINK', 'END_THINK', 'MODES', 'SENTIMENT_TASKS', 'chat_template',
+__all__ = ['log', 'ROLES', 'IM_START', 'IM_END', 'THINK', 'END_THINK', 'MODES', 'SENTIMENT_TASKS', 'SFT_PRESETS', 'chat_template',
            'with_chat_template', 'check_message', 'check_messages', 'assistant_mask', 'encode_chat', 'make_item',
            'item_messages', 'sentiment_items', 'synthetic_items', 'build_sft_examples', 'first_fit', 'pack_examples',
            'packed_forward', 'SFTConfig', 'save_model_dir', 'load_chat_model', 'pack_sft_data', 'sft_batches',
@@ -301,6 +301,12 @@ class SFTConfig(Config):
         "The learning-rate schedule of the run, as one training phase (warmup + cosine)."
         return PhaseConfig(name='sft', steps=self.steps, seq_len=self.seq_len, lr=self.lr, warmup_steps=self.warmup_steps,
                            schedule='cosine', min_lr_ratio=self.min_lr_ratio)
+
+# %% ../nbs/80_sft.ipynb #f0a1b2c1
+SFT_PRESETS = add_presets('sft', {  # this stage's section of the run presets (`core.PRESETS`); the others keep the defaults
+    'tiny': {'steps': 8, 'seq_len': 128, 'batch_size': 4, 'warmup_steps': 2, 'n_per_task': 20, 'synthetic_per_lang': 6, 'log_every': 4},
+})
+
 
 # %% ../nbs/80_sft.ipynb #d2652f77
 def save_model_dir(model, tok, # what to save (`save_pretrained`)

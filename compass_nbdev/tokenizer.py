@@ -11,7 +11,7 @@ import regex
 from pathlib import Path
 from dataclasses import dataclass, field
 from tokenizers import Tokenizer, Regex, AddedToken, models, pre_tokenizers, decoders, trainers
-from .core import (Config, ConfigError, DataError, setting, LANGS, SEA_LANGS, check_lang, resolve_data_dir,
+from .core import (Config, ConfigError, DataError, setting, add_presets, LANGS, SEA_LANGS, check_lang, resolve_data_dir,
                                 atomic_write_json, atomic_dir, md_table, get_logger)
 
 # %% auto #0
@@ -33,12 +33,13 @@ MIN_VOCAB = BYTE_ALPHABET + len(SPECIAL_TOKENS)
 
 def _default_groups(): return {'general': ['en', 'zh', 'id', 'ms', 'th', 'vi', 'tl'], 'other': ['pt', 'zh-Hant'], 'zh': ['zh']}
 
-TOKENIZER_PRESETS = {
+TOKENIZER_PRESETS = add_presets('tokenizer', {  # this stage's section of the run presets (`core.PRESETS`)
     'tiny':       dict(vocab_size=4096,   sizes={'general': 3072,   'other': 1024,  'zh': 2048},  bytes_per_lang=300_000),
     'laptop':     dict(vocab_size=16384,  sizes={'general': 12288,  'other': 3072,  'zh': 6144},  bytes_per_lang=1_000_000),
+    'gpu-small':  dict(vocab_size=32768,  sizes={'general': 24576,  'other': 6144,  'zh': 12288}, bytes_per_lang=1_000_000),
     'compass-v2': dict(vocab_size=180000, sizes={'general': 150000, 'other': 20000, 'zh': 50000}, bytes_per_lang=30_000_000,
                        lang_weights={'en': 1.5, 'zh': 2.0}, max_token_length={'general': 23, 'zh': 6}, char_sets=['gb2312-1']),
-}
+})
 
 CHAR_SETS = {  # name: (codec, first code, last code) of the Han characters of a national standard, in code order
     'gb2312-1': ('gb2312', 0xB0A1, 0xD7F9),  # GB 2312 level 1: the 3,755 most used Simplified characters
@@ -491,13 +492,14 @@ def eval_tokenizer_stage(tokenizer_dir:str|Path, # a tokenizer folder written by
     return out
 
 # %% ../nbs/20_tokenizer.ipynb #5b741d13
-def run(cfg:TokenizerConfig|dict|str|None=None, # a config, a dict of fields or a preset name (None: defaults)
+def run(cfg:TokenizerConfig|dict|str|None=None, # a config, a dict of fields, a preset name (None: defaults), or the run configuration
         run_dir:str|Path='.', # the run folder: reads `run_dir/data/clean`, writes `run_dir/tokenizer`
         data_dir:str|Path|None=None, # data dir: its eval/bpb sentences are left out, and measured on (see `resolve_data_dir`)
         show_progress:bool|None=None, # `tokenizers` progress bars (None: when logging at INFO)
        )->dict:
     "The tokenizer stage: train on the run's cleaned corpus, save into `run_dir/tokenizer`, measure on NTREX if there is one."
     from compass_nbdev.data import load_clean
+    data_dir, cfg = data_dir or getattr(cfg, 'data_dir', None), getattr(cfg, 'tokenizer', cfg)
     cfg = TokenizerConfig.preset(cfg) if isinstance(cfg, str) else cfg.check() if isinstance(cfg, TokenizerConfig) else TokenizerConfig.from_dict(cfg)
     run_dir, d = Path(run_dir), resolve_data_dir(data_dir)
     show = log.isEnabledFor(logging.INFO) if show_progress is None else show_progress

@@ -6,7 +6,7 @@ Docs: https://compass-nbdev.github.io/compass_nbdev/train.html.md"""
 
 # %% ../nbs/60_train.ipynb #4df61ab7
 from __future__ import annotations
-import os, io, json, math, time, signal, shutil, socket, hashlib, random, resource, importlib.util
+import os, io, json, math, time, signal, shutil, socket, hashlib, random, resource, inspect, importlib.util
 from collections import defaultdict
 from contextlib import nullcontext, contextmanager
 from dataclasses import dataclass, field
@@ -18,21 +18,21 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import yaml
-from .core import (Config, ConfigError, CompassError, DataError, SYNTHETIC, LANGS, setting, resolve_data_dir,
+from .core import (Config, ConfigError, CompassError, DataError, SYNTHETIC, LANGS, setting, add_presets, resolve_data_dir,
                                 atomic_write, atomic_write_json, atomic_write_text, atomic_dir, check_lang, get_logger)
-from .model import CompassConfig, CompassForCausalLM, model_stats, PRESETS as MODEL_PRESETS
+from .model import CompassConfig, CompassForCausalLM, model_stats, MODEL_PRESETS
 from .balance import load_stats
 
 # %% auto #0
 __all__ = ['log', 'SCHEDULES', 'TRAIN_PRESETS', 'PEAK_BF16_FLOPS', 'LOSS_KEYS', 'RUN_ONLY_KEYS', 'PhaseConfig', 'TrainConfig',
-           'train_config', 'load_train_config', 'lr_at', 'load_docs', 'split_heldout', 'PackedData', 'nll_windows',
-           'nll_sums', 'val_sums', 'val_bpb', 'expert_load_metrics', 'peak_flops', 'mfu', 'Callback', 'BatchSource',
-           'IterBatches', 'Learner', 'ProgressCB', 'MetricsCB', 'FnCB', 'StopAfterCB', 'CheckpointError',
+           'train_config', 'load_train_config', 'lr_at', 'load_docs', 'split_heldout', 'PackedData', 'load_mix',
+           'nll_windows', 'nll_sums', 'val_sums', 'val_bpb', 'expert_load_metrics', 'peak_flops', 'mfu', 'Callback',
+           'BatchSource', 'IterBatches', 'Learner', 'ProgressCB', 'MetricsCB', 'FnCB', 'StopAfterCB', 'CheckpointError',
            'list_checkpoints', 'is_sharded', 'save_checkpoint', 'safe_load', 'verify_checkpoint', 'load_checkpoint',
            'CheckpointCB', 'PackedBatches', 'load_tokenizer', 'make_accelerator', 'build_model', 'tokenizer_hash',
            'TrainingDiverged', 'divergence_report', 'DivergenceCB', 'InterruptCB', 'fsdp_plugin', 'fsdp_wrap',
-           'distributed_mode', 'run_lock', 'check_resumable', 'clear_checkpoints', 'run', 'measure_throughput',
-           'plot_metrics', 'plot_expert_load']
+           'distributed_mode', 'run_lock', 'mix_hash', 'check_resumable', 'clear_checkpoints', 'run',
+           'measure_throughput', 'plot_metrics', 'plot_expert_load']
 
 # %% ../nbs/60_train.ipynb #f7e2b1fd
 log = get_logger('train')
@@ -64,7 +64,7 @@ class PhaseConfig(Config):
 @dataclass
 class TrainConfig(Config):
     "Training settings shared by all phases, and the phases."
-    model:str = 'tiny'  # a model preset from `compass_nbdev.model.PRESETS`
+    model:str = 'tiny'  # a model preset from `compass_nbdev.model.MODEL_PRESETS`
     model_overrides:dict = field(default_factory=dict)  # `CompassConfig` fields to change
     phases:list[PhaseConfig] = field(default_factory=lambda: [PhaseConfig()])  # run in order
     micro_batch_size:int = setting(8, ge=1)  # blocks per process per micro-step
@@ -73,7 +73,7 @@ class TrainConfig(Config):
     beta1:float = setting(0.9, ge=0, lt=1)  # AdamW betas
     beta2:float = setting(0.95, ge=0, lt=1)
     grad_clip:float = setting(1.0, ge=0)  # max global grad norm; 0 = no clipping
-    seed:int = 0  # model init, data order, held-out split
+    seed:int = setting(0, ge=0)  # model init, data order, held-out split
     val_fraction:float = setting(0.05, gt=0, lt=1)  # held-out share of documents per language
     val_max_docs:int = setting(32, ge=1)  # at most this many held-out documents per language
     log_every:int = setting(10, ge=1)  # steps between metric lines
@@ -101,12 +101,15 @@ class TrainConfig(Config):
 # %% ../nbs/60_train.ipynb #826e5d9f
 @patch
 def validate(self:TrainConfig):
-    "Checks across fields: tensorboard installed, phase names unique, the model preset and overrides valid."
+    "Checks across fields: tensorboard installed, phase names unique, the model preset and overrides valid (known keys only)."
     if self.tensorboard and not any(importlib.util.find_spec(m) for m in ('tensorboard', 'tensorboardX')):
         raise ConfigError("needs the tensorboard package (pip install tensorboard)", 'tensorboard')
     names = [s.name for s in self.phases]
     for i, n in enumerate(names):
         if n in names[:i]: raise ConfigError(f"duplicate phase name {n!r}", f'phases[{i}].name')
+    allowed = [p for p in inspect.signature(CompassConfig.__init__).parameters if p not in ('self', 'kwargs')]
+    for k in self.model_overrides:   # a Hugging Face config keeps unknown keys as attributes: a typo would be ignored
+        if k not in allowed: raise ConfigError(f"unknown key; allowed: {', '.join(allowed)}", f'model_overrides.{k}')
     try: self.model_config()
     except ConfigError as e: raise ConfigError(e.msg, 'model' if e.where == 'preset' else f'model_overrides.{e.where}') from None
     except TypeError as e: raise ConfigError(str(e), 'model_overrides') from None
@@ -131,7 +134,7 @@ def _recipe(steps:tuple, seq:int, lr:float, warm:int, theta:float)->list[dict]:
             dict(name='long_context', steps=s3, seq_len=2 * seq, lr=round(lr / 10, 8), warmup_steps=max(1, warm // 4),
                  schedule='cosine', min_lr_ratio=0.1, rope_theta=theta)]
 
-TRAIN_PRESETS:dict = {
+TRAIN_PRESETS:dict = add_presets('train', {  # this stage's section of the run presets (`core.PRESETS`)
     'tiny': dict(model='tiny', micro_batch_size=4, phases=_recipe((16, 6, 4), 64, 3e-3, 4, 4e4),
                  log_every=4, save_every=8, eval_every=0, val_max_docs=8),
     'laptop': dict(model='laptop', micro_batch_size=8, phases=_recipe((300, 60, 30), 128, 6e-3, 12, 5e4),  # 430k tokens
@@ -140,7 +143,7 @@ TRAIN_PRESETS:dict = {
                       log_every=20, save_every=1000, eval_every=1000, val_max_docs=200, keep_last=3),
     'compass-v2': dict(model='compass-v2', micro_batch_size=4, grad_accum=64, phases=_recipe((100000, 10000, 2000), 4096, 3e-4, 2000, 1e7),
                        log_every=10, save_every=1000, eval_every=1000, val_max_docs=500, keep_last=3),   # for reference; not run here
-}
+})
 
 def train_config(preset:str|dict|TrainConfig='tiny', # a preset name, a dict of fields, or a config
                  **overrides)->TrainConfig:
@@ -226,6 +229,7 @@ class PackedData:
     def __init__(self, docs:list[dict], # training documents (text, lang, domain)
                  tokenizer, # a `PreTrainedTokenizerFast` with an eos token
                  seed:int=0, # document order within each cell
+                 mix:dict|None=None, # (lang, domain) -> share of the training tokens (the data stage's); None: natural shares
                 ):
         eos = tokenizer.eos_token_id
         if eos is None: raise ConfigError("the tokenizer has no eos_token (needed as the document separator)", 'tokenizer')
@@ -238,12 +242,14 @@ class PackedData:
             ids = tokenizer([texts[i] for i in rng.permutation(len(texts))], add_special_tokens=False)['input_ids']
             self.streams.append(np.fromiter(chain.from_iterable(x + [eos] for x in ids), dtype=np.int64))
         self.n_tokens = np.array([len(s) for s in self.streams])
+        self.base = self.n_tokens / self.n_tokens.sum() if mix is None else np.array([float(mix.get(c, 0.0)) for c in self.cells])
+
 
 # %% ../nbs/60_train.ipynb #ba80c02d
 @patch
 def weights(self:PackedData, phase:PhaseConfig)->np.ndarray:
-    "Sampling probability of each cell in `phase`: token share × language and domain multipliers."
-    w = self.n_tokens * np.array([phase.mix.get(l, 1.0) * phase.domain_mix.get(d, 1.0) for l, d in self.cells])
+    "Sampling probability of each cell in `phase`: its base share (the data mix) × language and domain multipliers."
+    w = self.base * np.array([phase.mix.get(l, 1.0) * phase.domain_mix.get(d, 1.0) for l, d in self.cells])
     if not w.sum() > 0: raise ConfigError("the mix gives every language/domain of the data weight 0", f'phases.{phase.name}.mix')
     return w / w.sum()
 
@@ -274,6 +280,19 @@ def batch(self:PackedData, plan_rows:np.ndarray, # rows of a plan
         if len(s) < seq_len: s = np.tile(s, -(-seq_len // len(s)))
         out[i] = s[b * seq_len:(b + 1) * seq_len]
     return torch.from_numpy(out)
+
+# %% ../nbs/60_train.ipynb #e1a7c0d4
+def load_mix(data_dir:str|Path, # the data stage's folder (run_dir/data)
+            )->dict|None:
+    "{(lang, domain): weight} from the data stage's summary.json, or None when it has no mix."
+    p = Path(data_dir)/'summary.json'
+    if not p.is_file(): return None
+    try: rows = json.loads(p.read_text(encoding='utf-8')).get('mix')
+    except (json.JSONDecodeError, UnicodeDecodeError) as e: raise DataError(f"unreadable: {e}", str(p)) from None
+    if not rows: return None
+    try: return {(r['lang'], r['domain']): float(r['weight']) for r in rows}
+    except (KeyError, TypeError, ValueError) as e: raise DataError(f"bad mix record ({e!r})", f'{p}:mix') from None
+
 
 # %% ../nbs/60_train.ipynb #039e8b6c
 def _dist()->tuple[int, int]:
@@ -1009,9 +1028,16 @@ def _diff(a, b, key:str='')->list[str]:
         return [d for i, (x, y) in enumerate(zip(a, b)) for d in _diff(x, y, f"{key}[{i}]")]
     return [] if a == b else [f"{key}: {a!r} -> {b!r}"]
 
+def mix_hash(mix:dict|None)->str|None:
+    "A short hash of a data mix {(lang, domain): weight} (weights rounded to 1e-9), None for natural shares."
+    if mix is None: return None
+    rows = sorted(f"{l}|{d}|{w:.9f}" for (l, d), w in mix.items())
+    return hashlib.sha256('\n'.join(rows).encode()).hexdigest()[:16]
+
 def check_resumable(ckpt:str|Path, # a `step_N` folder
                     cfg:TrainConfig, # the run's config
                     tok_hash:str, # `tokenizer_hash` of the run's tokenizer
+                    mix:dict|None=None, # the data mix the run samples by
                    ):
     "Raise `CompassError` naming every difference when `ckpt` was written with another config or tokenizer."
     ckpt = Path(ckpt); diffs = []
@@ -1023,18 +1049,21 @@ def check_resumable(ckpt:str|Path, # a `step_N` folder
         diffs = [d for d in _diff(old, now) if d.split(':')[0] not in RUN_ONLY_KEYS]
     st = json.loads((ckpt/'state.json').read_text()) if (ckpt/'state.json').is_file() else {}
     if st.get('tokenizer_sha256', tok_hash) != tok_hash: diffs.append("the tokenizer: another vocabulary or merges (SHA-256 differs)")
+    if st.get('mix_hash', mix_hash(mix)) != mix_hash(mix): diffs.append("the data mix (data.mix_alpha, ecommerce_share, mix_unit or the data)")
     if diffs:
         raise CompassError(f"cannot resume from {ckpt}: it was written with a different setup: {'; '.join(diffs[:10])}. "
                            "To train from step 0 with the new one, pass restart=True (compass train --restart), or use a "
                            "new run folder", 'resume')
 
 # %% ../nbs/60_train.ipynb #a0f3c076
-def _setup(cfg:TrainConfig, acc, tok, data)->tuple:
+def _setup(cfg:TrainConfig, acc, tok, data, mix=None)->tuple:
     "(model, optimizer, batch source, held-out texts) for `cfg`, prepared by accelerate."
     main = acc.is_main_process
     random.seed(cfg.seed); np.random.seed(cfg.seed)
     train_docs, val = split_heldout(load_docs(data), cfg.val_fraction, cfg.val_max_docs, cfg.seed)
-    packed = PackedData(train_docs, tok, cfg.seed)
+    packed = PackedData(train_docs, tok, cfg.seed, mix)
+    if mix is not None and main and (gone := sorted(set(packed.cells) - set(mix))):
+        log.warning("cells of the data without a data-mix weight (not sampled): %s", gone)
     for s in cfg.phases:
         missing = sorted(set(s.mix) - {l for l, _ in packed.cells})
         if missing and main: log.warning("phase %s: mix names languages absent from the data: %s", s.name, missing)
@@ -1049,7 +1078,7 @@ def _setup(cfg:TrainConfig, acc, tok, data)->tuple:
     return model, opt, batches, val
 
 # %% ../nbs/60_train.ipynb #a0f3c077
-def _resume_point(run_dir:Path, cfg:TrainConfig, tok, resume, restart:bool, acc)->Path|None:
+def _resume_point(run_dir:Path, cfg:TrainConfig, tok, resume, restart:bool, acc, mix=None)->Path|None:
     "The checkpoint to resume from (checked against the config and tokenizer), or None; `restart` deletes them all."
     ck_dir = run_dir/'checkpoints'
     if restart:                                        # the caller holds the run's lock
@@ -1058,18 +1087,18 @@ def _resume_point(run_dir:Path, cfg:TrainConfig, tok, resume, restart:bool, acc)
         return None
     cks = list_checkpoints(ck_dir)
     ck = None if resume is False else Path(resume) if not isinstance(resume, bool) else cks[-1][1] if cks else None
-    if ck is not None: check_resumable(ck, cfg, tokenizer_hash(tok))
+    if ck is not None: check_resumable(ck, cfg, tokenizer_hash(tok), mix)
     return ck
 
 def clear_checkpoints(run_dir:str|Path):
     "Delete a run folder's checkpoints (holding its lock), so that its next `run` trains from step 0 (`compass train --restart`)."
     with run_lock(run_dir): shutil.rmtree(Path(run_dir)/'checkpoints', ignore_errors=True)
 
-def _callbacks(cfg:TrainConfig, run_dir:Path, tok, val:dict, ck, stop_after, callback)->list:
+def _callbacks(cfg:TrainConfig, run_dir:Path, tok, val:dict, ck, stop_after, callback, mix=None)->list:
     "The pretraining run's callbacks; the `MetricsCB` first."
     cbs = [MetricsCB(run_dir/'metrics.jsonl', cfg.log_every, cfg.eval_every, lambda m, p: val_bpb(m, tok, val, p.seq_len), cfg.tensorboard),
            ProgressCB(), DivergenceCB(run_dir), InterruptCB(),
-           CheckpointCB(run_dir/'checkpoints', cfg.save_every, cfg.keep_last, ck or False, cfg.to_dict(), {'tokenizer_sha256': tokenizer_hash(tok)})]
+           CheckpointCB(run_dir/'checkpoints', cfg.save_every, cfg.keep_last, ck or False, cfg.to_dict(), {'tokenizer_sha256': tokenizer_hash(tok), 'mix_hash': mix_hash(mix)})]
     if callback is not None: cbs.append(FnCB(callback))
     if stop_after is not None: cbs.append(StopAfterCB(stop_after))
     return cbs
@@ -1079,6 +1108,7 @@ def run(cfg:TrainConfig|dict|str, # a `TrainConfig`, a dict of its fields, a pre
         run_dir:str|Path, # the run folder (or the CLI's `RunDir`): checkpoints/, model/, metrics.jsonl, *.png go here
         tokenizer=None, # a tokenizer folder or a `PreTrainedTokenizerFast` (needs an eos token); None: run_dir/tokenizer
         data=None, # see `load_docs`; None: run_dir/data/clean when the data stage wrote it, else the data dir or synthetic corpus
+        mix:dict|None=None, # (lang, domain) -> token share; None: the data stage's mix when training on its output, else natural shares
         resume:bool|str|Path=True, # True: from the latest checkpoint if any; a path: that checkpoint; False: from scratch
         restart:bool=False, # train from step 0, deleting the run's checkpoints (e.g. after changing the config)
         stop_after:int|None=None, # save and return after this global step (None: run every phase)
@@ -1089,15 +1119,15 @@ def run(cfg:TrainConfig|dict|str, # a `TrainConfig`, a dict of its fields, a pre
     "The training stage: every phase of the recipe into `run_dir`; returns the summary (status, steps, tokens, losses, val bits/byte)."
     cfg, run_dir = getattr(cfg, 'train', cfg), Path(getattr(run_dir, 'path', run_dir))
     cfg = cfg if isinstance(cfg, TrainConfig) else train_config(cfg)
-    if data is None and (run_dir/'data'/'clean').is_dir(): data = run_dir/'data'/'clean'
+    if data is None and (run_dir/'data'/'clean').is_dir(): data, mix = run_dir/'data'/'clean', mix or load_mix(run_dir/'data')
     tok = load_tokenizer(run_dir/'tokenizer' if tokenizer is None else tokenizer)
     acc = accelerator or make_accelerator(cfg, run_dir)
     if acc.is_main_process: run_dir.mkdir(parents=True, exist_ok=True)
     with run_lock(run_dir) if acc.is_main_process else nullcontext():
-        ck = _resume_point(run_dir, cfg, tok, resume, restart, acc)
-        model, opt, batches, val = _setup(cfg, acc, tok, data)
+        ck = _resume_point(run_dir, cfg, tok, resume, restart, acc, mix)
+        model, opt, batches, val = _setup(cfg, acc, tok, data, mix)
         if acc.is_main_process: atomic_write_text(run_dir/'train_config.yaml', yaml.safe_dump(cfg.to_dict(), sort_keys=False, allow_unicode=True))
-        cbs, t0 = _callbacks(cfg, run_dir, tok, val, ck, stop_after, callback), time.perf_counter()
+        cbs, t0 = _callbacks(cfg, run_dir, tok, val, ck, stop_after, callback, mix), time.perf_counter()
         learn = Learner(model, opt, batches, cfg.phases, cfg.grad_accum, cfg.grad_clip, cbs=cbs, accelerator=acc)
         status = learn.fit()
         return _finish(cfg, acc, learn.raw, tok, run_dir, status, learn.global_step, learn.tokens, cbs[0].last_val,

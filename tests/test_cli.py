@@ -80,6 +80,10 @@ def test_sft_then_chat_and_generate_from_the_command_line(tmp_path):
     run = tmp_path/'run'
     r = compass('run', '--preset', 'tiny', '--data-dir', 'synthetic', '--run-dir', str(run))
     assert r.returncode == 0, r.stderr[-3000:]
+    saved = (run/'config.yaml').read_bytes()
+    r = compass('train', '--preset', 'laptop', '--run-dir', str(run))          # #23: another preset on a trained run
+    assert r.returncode == 2 and 'trained with another configuration' in r.stderr and 'tokenizer.vocab_size: 4096 -> 16384' in r.stderr, r.stderr[-2000:]
+    assert 'Traceback' not in r.stderr and (run/'config.yaml').read_bytes() == saved   # refused before writing anything
     r = compass('sft', '--run-dir', str(run))  # no --preset: the run folder's saved (tiny) configuration is used
     assert r.returncode == 0, r.stderr[-3000:]
     assert (run/'sft'/'config.json').is_file() and (run/'sft'/'sft_summary.json').is_file()
@@ -95,3 +99,13 @@ def test_sft_then_chat_and_generate_from_the_command_line(tmp_path):
     assert len((tmp_path/'out.jsonl').read_text().splitlines()) == 2
     bad = compass('generate', str(tmp_path/'missing.txt'), '--out', str(tmp_path/'o.jsonl'), '--run-dir', str(run))
     assert bad.returncode == 2 and 'missing.txt' in bad.stderr and 'Traceback' not in bad.stderr
+    # a stopped `compass sft` exits 130 with a checkpoint, like `compass train` (#23)
+    import signal, time
+    p = subprocess.Popen([exe, 'sft', '--run-dir', str(run), '--set', 'sft.steps=5000', '--set', 'sft.log_every=1'],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    t0 = time.time()
+    while not (run/'sft_train'/'metrics.jsonl').is_file() and time.time() - t0 < 300 and p.poll() is None: time.sleep(0.2)
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=300)
+    assert p.returncode == 130, err[-2000:]
+    assert any((run/'sft_train'/'checkpoints').glob('step_*')) and 'Traceback' not in err

@@ -2,7 +2,7 @@
 import json, math, os, subprocess, sys, pytest, torch
 from transformers import AutoConfig, AutoModelForCausalLM, DynamicCache, PreTrainedTokenizerFast, pipeline
 from compass_nbdev.core import ConfigError
-from compass_nbdev.model import CompassConfig, CompassForCausalLM, PRESETS, model_stats
+from compass_nbdev.model import CompassConfig, CompassForCausalLM, MODEL_PRESETS, model_stats
 from compass_nbdev.balance import load_stats
 
 @pytest.fixture(scope='module')
@@ -29,7 +29,7 @@ def test_bad_config_fails_before_allocation(monkeypatch):
     with pytest.raises(ConfigError): CompassForCausalLM(CompassConfig.from_preset('tiny', num_key_value_heads=3))
     assert not called
 
-@pytest.mark.parametrize('name', list(PRESETS))
+@pytest.mark.parametrize('name', list(MODEL_PRESETS))
 def test_accounting_matches_built_model(name):
     cfg = CompassConfig.from_preset(name)
     with torch.device('meta'): m = CompassForCausalLM(cfg)

@@ -122,6 +122,40 @@ def test_packing_mix_and_determinism(data, tok_dir):
     assert b.shape == (5, 32) and b.dtype == torch.int64 and int(b.max()) < len(tok)
     with pytest.raises(ConfigError, match='mix'): pk.weights(PhaseConfig(mix={l: 0.0 for l in LANGS}))
 
+def _mix(docs, alpha):
+    "The data stage's mix weights of `docs` at `mix_alpha=alpha`, as {(lang, domain): weight}."
+    from compass_nbdev.data import DataConfig, mix_weights
+    counts = {}
+    for d in docs:
+        k = (d['lang'], d.get('domain') or 'general'); counts[k] = counts.get(k, 0) + len(d['text'].encode())
+    mw = mix_weights(counts, DataConfig(mix_alpha=alpha))
+    return dict(zip(zip(mw.lang, mw.domain), mw.weight))
+
+@pytest.mark.parametrize('alpha', [0.05, 1.0])
+def test_training_samples_tokens_by_the_data_mix(data, tok_dir, alpha):
+    tok = PreTrainedTokenizerFast.from_pretrained(tok_dir)
+    docs = load_docs(data)
+    mix = _mix(docs, alpha)
+    pk = PackedData(docs, tok, seed=0, mix=mix)
+    plan = pk.plan(PhaseConfig(seq_len=32), 6000, seed=0)
+    got = {l: float(sum(pk.cells[c][0] == l for c in plan[:, 0])) / len(plan) for l in LANGS}   # blocks = equal token counts
+    want = {l: sum(w for (ml, _), w in mix.items() if ml == l) for l in LANGS}
+    assert max(abs(got[l] - want[l]) for l in LANGS) < 0.025, (got, want)
+    flat, natural = _mix(docs, 0.05), _mix(docs, 1.0)
+    assert max(abs(flat[k] - natural[k]) for k in flat) > 0.02     # the setting matters: alpha moves the shares
+
+def test_run_samples_by_the_data_stages_mix_and_resume_checks_it(tmp_path, tok_dir, data_file, data):
+    import shutil
+    from compass_nbdev.core import CompassError
+    run = tmp_path/'run'; shutil.copytree(data_file, run/'data')
+    rows = lambda m: [{'lang': l, 'domain': d, 'weight': w} for (l, d), w in m.items()]
+    (run/'data'/'summary.json').write_text(json.dumps({'mix': rows(_mix(load_docs(data), 0.05))}))
+    train_run(SMALL, run, tok_dir, stop_after=1, plots=False)               # data=None: the run's data stage output
+    st = json.loads((list_checkpoints(run/'checkpoints')[-1][1]/'state.json').read_text())
+    assert st['mix_hash'] == T.mix_hash(T.load_mix(run/'data')) is not None
+    (run/'data'/'summary.json').write_text(json.dumps({'mix': rows(_mix(load_docs(data), 1.0))}))
+    with pytest.raises(CompassError, match='the data mix'): train_run(SMALL, run, tok_dir, plots=False)
+
 def test_val_bpb_of_uniform_model(data, tok_dir):
     tok = PreTrainedTokenizerFast.from_pretrained(tok_dir)
     va = split_heldout(load_docs(data), 0.1, 3)[1]
