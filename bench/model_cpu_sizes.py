@@ -59,7 +59,10 @@ def main():
               f"{ours1[0]:.1f} / {q2[0]:.1f} ms ({p2}) | **{r2:.3f}** | {ours0[1]}, {ours1[1]} / {q3[1]}, {q2[1]} |", flush=True)
     worst, best = max(max(r[1:]) for r in rows), min(min(r[1:]) for r in rows)
     met = sum(max(r[1:]) <= 0.8 for r in rows)
-    print(f"model_cpu_sizes worst={worst:.3f} best={best:.3f} met={met}/{len(rows)}")
+    from compass_nbdev.core import write_record
+    rec = write_record('model_cpu_sizes', dict(worst=round(worst, 3), best=round(best, 3), met=f'{met}/{len(rows)}'),
+                       details={r[0]: list(r[1:]) for r in rows})
+    print(rec['line'])
 
 if __name__ == '__main__':
     main()

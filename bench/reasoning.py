@@ -99,8 +99,10 @@ def main(argv=None)->int:
         fig = plot_cost(cpu, acc); fig.savefig(Path(a.out).with_suffix('.png'), dpi=80)
     o = res['overall']
     md, dd = (cpu.get('moe', {}).get('decode_tok_s', float('nan')), cpu.get('dense_active', {}).get('decode_tok_s', float('nan')))
-    print(f"reasoning deep_think_pct={o['deep_think_pct']:.1f} fast_no_think_pct={o['fast_no_think_pct']:.1f} "
-          f"moe_decode_tok_s={md:.1f} dense_decode_tok_s={dd:.1f}")
+    from compass_nbdev.core import write_record
+    rec = write_record('reasoning', dict(deep_think_pct=round(o['deep_think_pct'], 1), fast_no_think_pct=round(o['fast_no_think_pct'], 1),
+                                         moe_decode_tok_s=round(md, 1), dense_decode_tok_s=round(dd, 1)), args=vars(a))
+    print(rec['line'])
     return 0
 
 
