@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, fields, asdict, MISSING
 __all__ = ['LANGS', 'SEA_LANGS', 'DATA_DIR_ENV', 'SYNTHETIC', 'logger', 'CompassError', 'ConfigError', 'DataError',
            'atomic_write', 'atomic_write_text', 'atomic_write_json', 'atomic_dir', 'Lang', 'check_lang',
            'resolve_data_dir', 'setting', 'Config', 'load_config_file', 'md_table', 'time_calls', 'median_ms',
-           'results_dir', 'run_info', 'bench_line', 'write_record', 'read_record', 'get_logger']
+           'results_dir', 'run_info', 'portable_paths', 'bench_line', 'write_record', 'read_record', 'get_logger']
 
 # %% ../nbs/00_core.ipynb #81b1cf7a
 class CompassError(ValueError):
@@ -312,6 +312,19 @@ def run_info()->dict:
                 load_avg=[round(x, 2) for x in os.getloadavg()])
 
 # %% ../nbs/00_core.ipynb #56d957cf
+def portable_paths(o):
+    "`o` with this machine's absolute paths made portable: `$COMPASS_DATA_DIR/...`, repository-relative, or `<local>/name`."
+    if isinstance(o, dict): return {k: portable_paths(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)): return [portable_paths(v) for v in o]
+    if not (isinstance(o, str) and o.startswith('/') and ' ' not in o): return o
+    import compass_nbdev
+    p, data = Path(o), os.environ.get(DATA_DIR_ENV)
+    for root, name in ((data, '$' + DATA_DIR_ENV), (Path(compass_nbdev.__file__).resolve().parent.parent, None)):
+        if root and p.is_relative_to(Path(root).resolve()):
+            rel = p.relative_to(Path(root).resolve()).as_posix()
+            return '/'.join(x for x in (name, rel if rel != '.' else '') if x) or '.'
+    return f'<local>/{p.name}'
+
 def bench_line(name:str, # the benchmark's name: the line's first word
                fields:dict, # {key: value}, in the order they are printed
               )->str:
@@ -324,7 +337,7 @@ def write_record(name:str, # the benchmark's name (the record is `<name>.json`)
                  **extra, # more to keep: `details={...}`, `args=...`; `source=`, `date=`... override `run_info()`
                 )->dict:
     "Write a benchmark's record atomically and return it; `rec['line']` is the line to print."
-    rec = dict(name=name, line=bench_line(name, fields), fields=dict(fields), **{**run_info(), **extra})
+    rec = portable_paths(dict(name=name, line=bench_line(name, fields), fields=dict(fields), **{**run_info(), **extra}))
     atomic_write_json(Path(path) if path else results_dir()/f'{name}.json', rec)
     return rec
 
