@@ -52,8 +52,11 @@ def verdict(rec:dict)->tuple[str, str]:
 
 
 def load(rec:dict)->str:
-    "The load average as recorded (1, 5, 15 min), or the note a converted record carries."
-    return ' / '.join(f'{x:.1f}' for x in rec['load_avg']) if rec.get('load_avg') else rec.get('load_note', '?')
+    "The load average as recorded (1, 5, 15 min), or the note a converted record carries; flagged when over 2 per core."
+    if not rec.get('load_avg'): return rec.get('load_note', '?')
+    cores = int(rec['machine'].split()[0]) if rec['machine'].split()[0].isdigit() else 2
+    flag = ' ⚠ loaded: times are upper bounds' if rec['load_avg'][0] > 2 * cores else ''
+    return ' / '.join(f'{x:.1f}' for x in rec['load_avg']) + flag
 
 
 def script(name:str)->str:
