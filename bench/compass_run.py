@@ -27,8 +27,8 @@ def main():
             print(f"{stage}: {secs[stage]} s", file=sys.stderr, flush=True)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20   # kB → GB
     real = data_dir != SYNTHETIC
-    rec = write_record('compass_run' if real else 'compass_run_synthetic', dict(wall_s=round(sum(secs.values())), peak_gb=round(peak, 2),
-                                           mean_bpb=round(out['eval']['mean_bpb'], 3)),
+    rec = write_record('compass_run' if real else 'compass_run_synthetic', dict(wall_s=f'{sum(secs.values()):.0f}', peak_gb=f'{peak:.2f}',
+                                           mean_bpb=f"{out['eval']['mean_bpb']:.3f}"),
                        details=dict(stage_s=secs, preset=a.preset, data='COMPASS_DATA_DIR' if real else SYNTHETIC))
     print(rec['line'])
 

@@ -39,7 +39,7 @@ def interleave(fns:dict, rounds:int, per:int=1, settle:bool=False)->dict:
 def report(what, m, diff, key, out:dict):
     "Print one comparison and keep its change (per cent) under `key` for the final line."
     print(f"{what:34s} base {m['base']:7.2f} ms   new {m['new']:7.2f} ms   {m['new']/m['base']-1:+6.1%}   max rel diff {diff:.1e}", flush=True)
-    out[key] = round(100 * (m['new'] / m['base'] - 1), 1)
+    out[key] = f"{100 * (m['new'] / m['base'] - 1):.1f}"
 
 def main():
     ap = argparse.ArgumentParser()

@@ -193,7 +193,7 @@ def main():
     r3, _, r2, _ = ratios({'median': 0, 'min': 1, 'cpu': 4}[a.stat])
     from compass_nbdev.core import write_record
     peak = max(res['compass (no shared)'][2], res['compass (1 shared)'][2])
-    rec = write_record('model_cpu', dict(ratio=round(max(r3, r2), 3), peak_mb=round(peak)), args=vars(a),
+    rec = write_record('model_cpu', dict(ratio=f'{max(r3, r2):.3f}', peak_mb=f'{peak:.0f}'), args=vars(a),
                        details=dict(ratio_qwen3=round(r3, 3), ratio_qwen2=round(r2, 3),
                                     step_ms={k: round(v[0] * 1e3, 1) for k, v in res.items()}))
     print(rec['line'])

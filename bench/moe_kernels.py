@@ -235,8 +235,8 @@ if args.out:
     Path(args.out, "moe_kernels.json").write_text(json.dumps(dict(summary=summary, rows=rows, date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())), indent=2))
     Path(args.out, "moe_kernels.md").write_text(md + "\n")
 print(f"total {time.time() - T0:.0f}s", flush=True)
-fields = dict(gpu=gpu, pct_of_dense=round(summary["pct_of_dense"], 1), vs_grouped_mm=round(summary["vs_grouped_mm"], 2),
-              vs_eager=round(summary["vs_eager"], 2), max_rel_err=float(f"{max_err:.2e}"))
+fields = dict(gpu=gpu, pct_of_dense=f"{summary['pct_of_dense']:.1f}", vs_grouped_mm=f"{summary['vs_grouped_mm']:.2f}",
+              vs_eager=f"{summary['vs_eager']:.2f}", max_rel_err=f"{max_err:.2e}")
 if CUDA:  # a smoke run measures nothing, so it keeps no record
     write_record("moe_kernels", fields, details=dict(rows=rows))
 print(bench_line("moe_kernels", fields))

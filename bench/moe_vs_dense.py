@@ -127,7 +127,7 @@ def main(argv=None):
     here = Path(__file__).parent if a.preset == 'laptop' else out   # only the laptop claim replaces bench/'s files
     save_results(summary, curves, here)
     from compass_nbdev.core import write_record
-    rec = write_record('moe_vs_dense', dict(bpb_moe=round(m, 4), bpb_dense=round(d, 4), gain_pct=round(gain, 2)),
+    rec = write_record('moe_vs_dense', dict(bpb_moe=f'{m:.4f}', bpb_dense=f'{d:.4f}', gain_pct=f'{gain:.2f}'),
                        path=None if a.preset == 'laptop' else out/'moe_vs_dense.record.json', args=vars(a))
     print(rec['line'])
 

@@ -100,8 +100,8 @@ def main(argv=None)->int:
     o = res['overall']
     md, dd = (cpu.get('moe', {}).get('decode_tok_s', float('nan')), cpu.get('dense_active', {}).get('decode_tok_s', float('nan')))
     from compass_nbdev.core import write_record
-    rec = write_record('reasoning', dict(deep_think_pct=round(o['deep_think_pct'], 1), fast_no_think_pct=round(o['fast_no_think_pct'], 1),
-                                         moe_decode_tok_s=round(md, 1), dense_decode_tok_s=round(dd, 1)), args=vars(a))
+    rec = write_record('reasoning', dict(deep_think_pct=f"{o['deep_think_pct']:.1f}", fast_no_think_pct=f"{o['fast_no_think_pct']:.1f}",
+                                         moe_decode_tok_s=f'{md:.1f}', dense_decode_tok_s=f'{dd:.1f}'), args=vars(a))
     print(rec['line'])
     return 0
 

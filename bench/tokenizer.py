@@ -63,9 +63,9 @@ def main():
     h = ev['headline']
     print(json.dumps({'headline': h, 'merge': rows[a.main].get('merge'), 'presets': rows, 'single': single, 'out': str(out)}, indent=1))
     from compass_nbdev.core import write_record
-    rec = write_record('tokenizer', dict(sea_ratio=round(h.get('sea_ratio', float('nan')), 3),
-                                         en_zh_ratio=round(h.get('en_zh_ratio', float('nan')), 3),
-                                         train_s=round(rows[a.main]['train_s'], 1)), details=dict(headline=h, presets=rows))
+    rec = write_record('tokenizer', dict(sea_ratio=f"{h.get('sea_ratio', float('nan')):.3f}",
+                                         en_zh_ratio=f"{h.get('en_zh_ratio', float('nan')):.3f}",
+                                         train_s=f"{rows[a.main]['train_s']:.1f}"), details=dict(headline=h, presets=rows))
     print(rec['line'])
 
 if __name__ == '__main__': main()

@@ -53,9 +53,9 @@ def main():
         res[preset] = json.loads(r.stdout.split('RESULT', 1)[1])
         print(preset, res[preset], file=sys.stderr)
     from compass_nbdev.core import write_record
-    rec = write_record('train_cpu', dict(moe_tokens_per_s=round(res['laptop']['tokens_per_s']),
-                                         dense_tokens_per_s=round(res['laptop-dense']['tokens_per_s']),
-                                         peak_mb=round(res['laptop']['peak_mb'])), args=vars(a))
+    rec = write_record('train_cpu', dict(moe_tokens_per_s=f"{res['laptop']['tokens_per_s']:.0f}",
+                                         dense_tokens_per_s=f"{res['laptop-dense']['tokens_per_s']:.0f}",
+                                         peak_mb=f"{res['laptop']['peak_mb']:.0f}"), args=vars(a))
     print(rec['line'])
 
 if __name__ == '__main__': main()

@@ -41,9 +41,9 @@ def main():
     r = measure_throughput(tok, a.preset, steps=a.steps, warmup=a.warmup, data=data, **over)
     print(json.dumps(r), file=sys.stderr)
     from compass_nbdev.core import write_record
-    mfu = round(100 * r['mfu'], 1) if r['mfu'] is not None else None
-    rec = write_record('train_gpu', dict(gpu=r['device'].replace(' ', '_'), mfu_pct=mfu, tokens_per_s=round(r['tokens_per_s']),
-                                         peak_mb=round(r['peak_mb'])), args=vars(a))
+    mfu = f"{100 * r['mfu']:.1f}" if r['mfu'] is not None else 'nan'
+    rec = write_record('train_gpu', dict(gpu=r['device'].replace(' ', '_'), mfu_pct=mfu, tokens_per_s=f"{r['tokens_per_s']:.0f}",
+                                         peak_mb=f"{r['peak_mb']:.0f}"), args=vars(a))
     print(rec['line'])
     return 0
 

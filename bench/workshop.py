@@ -49,8 +49,8 @@ def main() -> None:
         print(f"| {p.name} | {len(exercise_names(json.loads(p.read_text())))} | {s:.1f} |", flush=True)
     load1 = os.getloadavg()
     print(f"\nload average after {load1[0]:.2f} {load1[1]:.2f} {load1[2]:.2f}")
-    rec = write_record('workshop', dict(total_s=round(sum(rows), 1), max_s=round(max(rows), 1), load_before=round(load0[0], 2),
-                                        load_after=round(load1[0], 2)), details=dict(seconds={p.name: round(s, 1) for p, s in zip(nbs, rows)}),
+    rec = write_record('workshop', dict(total_s=f'{sum(rows):.1f}', max_s=f'{max(rows):.1f}', load_before=f'{load0[0]:.2f}',
+                                        load_after=f'{load1[0]:.2f}'), details=dict(seconds={p.name: round(s, 1) for p, s in zip(nbs, rows)}),
                        blank=a.blank)
     print(rec['line'])
 

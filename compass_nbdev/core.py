@@ -331,13 +331,23 @@ def bench_line(name:str, # the benchmark's name: the line's first word
     "The final line a benchmark prints: `name key=value ...`."
     return ' '.join([name] + [f'{k}={v}' for k, v in fields.items()])
 
+def _number(v):
+    "A field as data: '0.846' → 0.846, '125' → 125; anything else as it is."
+    if not isinstance(v, str): return v
+    for f in (int, float):
+        try: return f(v)
+        except ValueError: pass
+    return v
+
 def write_record(name:str, # the benchmark's name (the record is `<name>.json`)
-                 fields:dict, # its final line's fields, as values (rounded the way they are printed)
+                 fields:dict, # its final line's fields, formatted as printed (`f'{r:.3f}'`); kept as numbers
                  path:str|Path|None=None, # the record file; default `results_dir()/<name>.json`
                  **extra, # more to keep: `details={...}`, `args=...`; `source=`, `date=`... override `run_info()`
                 )->dict:
     "Write a benchmark's record atomically and return it; `rec['line']` is the line to print."
-    rec = portable_paths(dict(name=name, line=bench_line(name, fields), fields=dict(fields), **{**run_info(), **extra}))
+    raw = dict(fields)
+    fields = {k: _number(v) for k, v in fields.items()}
+    rec = portable_paths(dict(name=name, line=bench_line(name, raw), fields=fields, **{**run_info(), **extra}))
     atomic_write_json(Path(path) if path else results_dir()/f'{name}.json', rec)
     return rec
 
