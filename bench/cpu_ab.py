@@ -11,13 +11,15 @@ Three levels, at `bench/model_cpu.py`'s sizes (tokens 2×256, hidden 256, 4 laye
 
     python bench/cpu_ab.py --base main [--keep-freed-memory] [--only model --rounds 20]
 
-Prints one line per comparison: median times, the change, and the largest difference of the outputs.
+Prints one line per comparison: median times, the change, and the largest difference of the outputs; ends with
+`cpu_ab base=<commit> head_pct= moe0_pct= moe1_pct= model0_pct= model1_pct=` (changes in per cent, new against base;
+0/1 = shared experts) and writes it as the record `bench/results/cpu_ab.json`.
 """
 import argparse, importlib, importlib.util, io, subprocess, sys, tarfile, tempfile
 from pathlib import Path
 import torch
 import torch.nn.functional as F
-from compass_nbdev.core import time_calls, median_ms
+from compass_nbdev.core import time_calls, median_ms, write_record
 from compass_nbdev.fast_cpu import keep_freed_memory
 from compass_nbdev.ops import get_op
 
@@ -34,8 +36,10 @@ def interleave(fns:dict, rounds:int, per:int=1, settle:bool=False)->dict:
     "Median wall ms of each fn, timed in turn (`core.time_calls`), so that machine load hits all alike."
     return {k: median_ms(v['wall']) for k, v in time_calls(fns, rounds, per, settle).items()}
 
-def report(what, m, diff):
+def report(what, m, diff, key, out:dict):
+    "Print one comparison and keep its change (per cent) under `key` for the final line."
     print(f"{what:34s} base {m['base']:7.2f} ms   new {m['new']:7.2f} ms   {m['new']/m['base']-1:+6.1%}   max rel diff {diff:.1e}", flush=True)
+    out[key] = f"{100 * (m['new'] / m['base'] - 1):.1f}"
 
 def main():
     ap = argparse.ArgumentParser()
@@ -50,7 +54,7 @@ def main():
     tmp = tempfile.TemporaryDirectory()
     BM, BE = load_base(a.base, Path(tmp.name))
     print(f"base {a.base} vs working tree; threads {a.threads}; freed memory {'kept' if a.keep_freed_memory else 'glibc default'}")
-    g = torch.Generator().manual_seed(0)
+    g, res = torch.Generator().manual_seed(0), {}
     if a.only in ('head', 'all'):
         h0, w = torch.randn(512, 256, generator=g), (torch.randn(8192, 256, generator=g) * .02).requires_grad_()
         t = torch.randint(0, 8192, (512,), generator=g)
@@ -63,7 +67,7 @@ def main():
                 l.backward(); return l.detach()
             return f
         diff = float((head(True)() - head(False)()).abs())
-        report('head + loss (fwd+bwd)', interleave({'base': head(False), 'new': head(True)}, 30), diff)
+        report('head + loss (fwd+bwd)', interleave({'base': head(False), 'new': head(True)}, 30), diff, 'head_pct', res)
     if a.only in ('moe', 'all'):
         x0 = torch.randn(512, 256, generator=g)
         for shared in (0, 1):
@@ -75,7 +79,8 @@ def main():
                 y, aux = m(x); (y.sum() + aux['probs'].sum()).backward(); return y.detach()
             ya, yb = run(mods['base']), run(mods['new'])
             diff = float((ya - yb).abs().max() / ya.abs().max())
-            report(f'MoE layer, {shared} shared (fwd+bwd)', interleave({k: (lambda m=m: run(m)) for k, m in mods.items()}, 30, settle=True), diff)
+            report(f'MoE layer, {shared} shared (fwd+bwd)', interleave({k: (lambda m=m: run(m)) for k, m in mods.items()}, 30, settle=True), diff,
+                   f'moe{shared}_pct', res)
     if a.only in ('model', 'all'):
         x = torch.randint(0, 8192, (2, 256), generator=g)
         for shared in (0, 1):
@@ -90,7 +95,9 @@ def main():
                 out = m(input_ids=x, labels=x); out.loss.backward(); m.zero_grad(set_to_none=True); return out.loss.detach()
             la, lb = step(ms['base']), step(ms['new'])
             report(f'model step, {shared} shared', interleave({k: (lambda m=m: step(m)) for k, m in ms.items()}, a.rounds, per=3, settle=True),
-                   float((la - lb).abs() / la.abs()))
+                   float((la - lb).abs() / la.abs()), f'model{shared}_pct', res)
+    rec = write_record('cpu_ab', dict(base=a.base, **res), args=vars(a))
+    print(rec['line'])
 
 if __name__ == '__main__':
     main()

@@ -53,6 +53,9 @@ def main(argv=None):
     print(f"  {'stage':<26}{'wall s':>8}{'cpu s':>8}", file=sys.stderr)
     for k, v in s['seconds'].items(): print(f"  {k:<26}{v:8.2f}{s['cpu_seconds'].get(k, float('nan')):8.2f}", file=sys.stderr)
     for r, v in s['removed_by_reason'].items(): print(f"  removed {r:<18}{v['docs']:8,} docs {v['bytes']:12,} bytes", file=sys.stderr)
-    print(f"data_pipeline seconds={total:.1f} peak_mb={peak:.0f} kept_bytes={s['kept_bytes']} removed_bytes={s['removed_bytes']}")
+    from compass_nbdev.core import write_record
+    rec = write_record('data_pipeline', dict(seconds=f'{total:.1f}', peak_mb=f'{peak:.0f}', kept_bytes=s['kept_bytes'],
+                                             removed_bytes=s['removed_bytes']), details=dict(seconds=s['seconds']))
+    print(rec['line'])
 
 if __name__ == '__main__': main()

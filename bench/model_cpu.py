@@ -191,7 +191,12 @@ def main():
         for ours, peer in (('compass (no shared)', n3), ('compass (1 shared)', n2)):
             profile_pair(models[ours], models[peer], ours, peer, x, a.profile)
     r3, _, r2, _ = ratios({'median': 0, 'min': 1, 'cpu': 4}[a.stat])
-    print(f"model_cpu ratio={max(r3, r2):.3f} peak_mb={max(res['compass (no shared)'][2], res['compass (1 shared)'][2]):.0f}")
+    from compass_nbdev.core import write_record
+    peak = max(res['compass (no shared)'][2], res['compass (1 shared)'][2])
+    rec = write_record('model_cpu', dict(ratio=f'{max(r3, r2):.3f}', peak_mb=f'{peak:.0f}'), args=vars(a),
+                       details=dict(ratio_qwen3=round(r3, 3), ratio_qwen2=round(r2, 3),
+                                    step_ms={k: round(v[0] * 1e3, 1) for k, v in res.items()}))
+    print(rec['line'])
 
 if __name__ == '__main__':
     main()

@@ -10,7 +10,7 @@ weights and was 30-40x slower than `grouped_mm` at every size measured, so it is
 
 Ends with one line: `model_cpu_sizes worst=<largest ratio> best=<smallest ratio> met=<sizes with both ratios <= 0.8>/<sizes>`.
 """
-import argparse, re, subprocess, sys
+import argparse, os, re, subprocess, sys, tempfile
 from pathlib import Path
 
 SIZES = {   # name: model_cpu.py flags; 'default' is model_cpu.py's own defaults, the size #4's final line is quoted at
@@ -25,8 +25,9 @@ STEP = re.compile(r"^(compass \(no shared\)|compass \(1 shared\)|qwen[23]_moe\[\
 
 def run(flags:list[str], timeout:int)->tuple[dict, tuple]:
     "Run model_cpu.py; step medians (ms) and page faults per model, and (qwen3 peer, ratio, qwen2 peer, ratio)."
-    r = subprocess.run([sys.executable, str(Path(__file__).with_name('model_cpu.py')), *flags], capture_output=True,
-                       text=True, timeout=timeout)
+    with tempfile.TemporaryDirectory() as tmp:   # each size's own record is not model_cpu's: keep it out of bench/results
+        r = subprocess.run([sys.executable, str(Path(__file__).with_name('model_cpu.py')), *flags], capture_output=True,
+                           text=True, timeout=timeout, env={**os.environ, 'COMPASS_RESULTS_DIR': tmp})
     if r.returncode: raise SystemExit(f"model_cpu.py {' '.join(flags)} failed:\n{r.stderr[-3000:]}")
     steps, ratio = {}, None
     for line in r.stdout.splitlines():
@@ -59,7 +60,10 @@ def main():
               f"{ours1[0]:.1f} / {q2[0]:.1f} ms ({p2}) | **{r2:.3f}** | {ours0[1]}, {ours1[1]} / {q3[1]}, {q2[1]} |", flush=True)
     worst, best = max(max(r[1:]) for r in rows), min(min(r[1:]) for r in rows)
     met = sum(max(r[1:]) <= 0.8 for r in rows)
-    print(f"model_cpu_sizes worst={worst:.3f} best={best:.3f} met={met}/{len(rows)}")
+    from compass_nbdev.core import write_record
+    rec = write_record('model_cpu_sizes', dict(worst=f'{worst:.3f}', best=f'{best:.3f}', met=f'{met}/{len(rows)}'),
+                       details={r[0]: list(r[1:]) for r in rows})
+    print(rec['line'])
 
 if __name__ == '__main__':
     main()

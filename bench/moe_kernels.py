@@ -25,7 +25,6 @@ kernels in Triton's interpreter (fp32, wall-clock timer): a check that the scrip
 import argparse
 import json
 import os
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -51,6 +50,7 @@ if not CUDA:
 
 import triton  # noqa: E402
 from compass_nbdev import kernels, moe  # noqa: E402
+from compass_nbdev.core import bench_line, median_ms, time_calls, write_record  # noqa: E402
 
 DEV = "cuda" if CUDA else "cpu"
 DT = torch.bfloat16 if CUDA else torch.float32
@@ -107,15 +107,10 @@ def check(name, T, H, E, Fd, k, n_shared):
 
 
 def bench(fn):
+    "Median ms of `fn`: CUDA events with the L2 cache flushed (triton's do_bench) on a GPU; the package's timer on the CPU."
     if CUDA:
         return triton.testing.do_bench(fn, warmup=25, rep=200, return_mode="median")
-    fn()
-    ts = []
-    for _ in range(3):
-        t = time.perf_counter()
-        fn()
-        ts.append((time.perf_counter() - t) * 1e3)
-    return statistics.median(ts)
+    return median_ms(time_calls({"fn": fn}, rounds=3, settle=True)["fn"]["wall"])
 
 
 class OwnExperts(torch.nn.Module):
@@ -240,5 +235,8 @@ if args.out:
     Path(args.out, "moe_kernels.json").write_text(json.dumps(dict(summary=summary, rows=rows, date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())), indent=2))
     Path(args.out, "moe_kernels.md").write_text(md + "\n")
 print(f"total {time.time() - T0:.0f}s", flush=True)
-print(f"moe_kernels gpu={gpu} pct_of_dense={summary['pct_of_dense']:.1f} vs_grouped_mm={summary['vs_grouped_mm']:.2f} "
-      f"vs_eager={summary['vs_eager']:.2f} max_rel_err={max_err:.2e}")
+fields = dict(gpu=gpu, pct_of_dense=f"{summary['pct_of_dense']:.1f}", vs_grouped_mm=f"{summary['vs_grouped_mm']:.2f}",
+              vs_eager=f"{summary['vs_eager']:.2f}", max_rel_err=f"{max_err:.2e}")
+if CUDA:  # a smoke run measures nothing, so it keeps no record
+    write_record("moe_kernels", fields, details=dict(rows=rows))
+print(bench_line("moe_kernels", fields))

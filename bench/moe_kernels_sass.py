@@ -65,33 +65,33 @@ if "gemm" in only:
     sig = dict(a_ptr=bf, w_ptr=bf, c_ptr=bf, aux_ptr=bf, scale_ptr=f32, tile_expert_ptr=i32, tile_row_ptr=i32,
                offsets_ptr=i32, row_token_ptr=i32, row_slot_ptr=i32, N="i32", K="i32",
                **{s: "i32" for s in "stride_am stride_we stride_wk stride_wn stride_cm stride_xm".split()})
-    for cfg in K._gemm_configs():
+    for cfg in K.gemm_configs():
         bn, bk, w, st = cfg.kwargs["BLOCK_N"], cfg.kwargs["BLOCK_K"], cfg.num_warps, cfg.num_stages
         for epi, gather, scatter, name in [(1, True, False, "swiglu"), (0, False, True, "down"), (2, True, False, "swiglu_bwd")]:
             consts = dict(BLOCK_M=128, BLOCK_N=bn, BLOCK_K=bk, GATHER_A=gather, SCATTER_C=scatter, EPILOGUE=epi,
                           SAVE_AUX=True, DOT_F32=False, EVEN_K=True, EVEN_N=True, stride_ak=1, stride_cn=1)
-            report(K._grouped_gemm_kernel, sig, consts, w, st, f"gemm_{name}_n{bn}_k{bk}_w{w}_s{st}")
+            report(K.KERNELS["grouped_gemm"], sig, consts, w, st, f"gemm_{name}_n{bn}_k{bk}_w{w}_s{st}")
 if "wgrad" in only:
     sig = dict(a_ptr=bf, b_ptr=bf, c_ptr=bf, scale_ptr=f32, offsets_ptr=i32, row_token_ptr=i32, row_slot_ptr=i32,
                M="i32", N="i32", **{s: "i32" for s in "stride_am stride_bm stride_ce stride_cm".split()})
-    for cfg in K._wgrad_configs():
+    for cfg in K.wgrad_configs():
         kw = cfg.kwargs
         for ga, gb, sc, name in [(False, True, True, "dw_down"), (True, False, False, "dw_gate_up")]:
             consts = dict(kw, GATHER_A=ga, GATHER_B=gb, SCALE_B=sc, DOT_F32=False, stride_ak=1, stride_bn=1, stride_cn=1)
-            report(K._grouped_wgrad_kernel, sig, consts, cfg.num_warps, cfg.num_stages,
+            report(K.KERNELS["grouped_wgrad"], sig, consts, cfg.num_warps, cfg.num_stages,
                    f"wgrad_{name}_m{kw['BLOCK_M']}_n{kw['BLOCK_N']}_r{kw['BLOCK_R']}_w{cfg.num_warps}")
 if "small" in only:
-    BT, BE = K._route_blocks(64)
-    report(K._route_fwd_kernel, dict(logits_ptr=f32, bias_ptr=f32, probs_ptr=f32, w_ptr=f32, ids_ptr=i64, T="i32", E="i32", stride_l="i32"),
+    BT, BE = K.route_blocks(64)
+    report(K.KERNELS["route_fwd"], dict(logits_ptr=f32, bias_ptr=f32, probs_ptr=f32, w_ptr=f32, ids_ptr=i64, T="i32", E="i32", stride_l="i32"),
            dict(K=4, K_P2=4, BLOCK_T=BT, BLOCK_E=BE, HAS_BIAS=True, RENORM=True), 4, 1, "route_fwd_E64")
-    report(K._route_bwd_kernel, dict(probs_ptr=f32, ids_ptr=i64, w_ptr=f32, gw_ptr=f32, gp_ptr=f32, gl_ptr=f32, T="i32", E="i32"),
+    report(K.KERNELS["route_bwd"], dict(probs_ptr=f32, ids_ptr=i64, w_ptr=f32, gw_ptr=f32, gp_ptr=f32, gl_ptr=f32, T="i32", E="i32"),
            dict(K=4, K_P2=4, BLOCK_T=BT, BLOCK_E=BE, HAS_GP=True, RENORM=True), 4, 1, "route_bwd_E64")
-    report(K._hist_kernel, dict(ids_ptr=i64, hist_ptr=i32, S="i32", E="i32"), dict(BLOCK_S=128, BLOCK_E=64), 4, 1, "hist")
-    report(K._place_kernel, dict(ids_ptr=i64, base_ptr=i32, row_slot_ptr=i32, row_token_ptr=i32, S="i32", E="i32"),
+    report(K.KERNELS["hist"], dict(ids_ptr=i64, hist_ptr=i32, S="i32", E="i32"), dict(BLOCK_S=128, BLOCK_E=64), 4, 1, "hist")
+    report(K.KERNELS["place"], dict(ids_ptr=i64, base_ptr=i32, row_slot_ptr=i32, row_token_ptr=i32, S="i32", E="i32"),
            dict(K=6, BLOCK_S=128), 4, 1, "place")
-    report(K._tiles_kernel, dict(counts_ptr=i32, offsets_ptr=i32, tile_start_ptr=i32, tile_expert_ptr=i32, tile_row_ptr=i32),
+    report(K.KERNELS["tiles"], dict(counts_ptr=i32, offsets_ptr=i32, tile_start_ptr=i32, tile_expert_ptr=i32, tile_row_ptr=i32),
            dict(BLOCK_M=128, BLOCK=64), 4, 1, "tiles")
-    report(K._combine_kernel, dict(y_ptr=bf, w_ptr=f32, out_ptr=bf, H="i32", stride_y="i32", stride_o="i32"),
+    report(K.KERNELS["combine"], dict(y_ptr=bf, w_ptr=f32, out_ptr=bf, H="i32", stride_y="i32", stride_o="i32"),
            dict(K=6, BLOCK_H=1024, HAS_W=True), 4, 1, "combine")
-    report(K._combine_bwd_kernel, dict(g_ptr=bf, y_ptr=bf, gw_ptr=f32, H="i32", stride_g="i32", stride_y="i32"),
+    report(K.KERNELS["combine_bwd"], dict(g_ptr=bf, y_ptr=bf, gw_ptr=f32, H="i32", stride_g="i32", stride_y="i32"),
            dict(K=6, BLOCK_H=1024), 4, 1, "combine_bwd")

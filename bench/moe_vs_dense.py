@@ -126,6 +126,9 @@ def main(argv=None):
         print(f"moe_vs_dense only={a.only} bpb={m if a.only == 'moe' else d:.4f}"); return
     here = Path(__file__).parent if a.preset == 'laptop' else out   # only the laptop claim replaces bench/'s files
     save_results(summary, curves, here)
-    print(f"moe_vs_dense bpb_moe={m:.4f} bpb_dense={d:.4f} gain_pct={gain:.2f}")
+    from compass_nbdev.core import write_record
+    rec = write_record('moe_vs_dense', dict(bpb_moe=f'{m:.4f}', bpb_dense=f'{d:.4f}', gain_pct=f'{gain:.2f}'),
+                       path=None if a.preset == 'laptop' else out/'moe_vs_dense.record.json', args=vars(a))
+    print(rec['line'])
 
 if __name__ == '__main__': main()

@@ -46,7 +46,7 @@ def main(argv=None)->int:
 
     import logging
     logging.basicConfig(level=logging.INFO, format='%(asctime)s %(name)s: %(message)s', datefmt='%H:%M:%S')
-    from compass_nbdev.core import resolve_data_dir, atomic_write_json, md_table
+    from compass_nbdev.core import resolve_data_dir, atomic_write_json, md_table, portable_paths
     from compass_nbdev.sft import sentiment_items, synthetic_items, build_sft_examples, fine_tune, SFTConfig, load_chat_model
     from compass_nbdev.generate import eval_modes, modes_table
     from compass_nbdev.inference_cost import accounting_table, plot_cost
@@ -93,14 +93,16 @@ def main(argv=None)->int:
                f"{os.cpu_count()} CPUs, torch threads {__import__('torch').get_num_threads()}",
                load=f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f}", base=str(base), base_seconds=round(t_base, 1),
                sft=s, eval_seconds=round(t_eval, 1), limit=a.limit, modes=res, cpu=cpu, accounting=acc, args=vars(a))
-    atomic_write_json(a.out, out)
+    atomic_write_json(a.out, portable_paths(out))   # no absolute path of this machine in the repository
     if cpu:
         import matplotlib; matplotlib.use('Agg')
         fig = plot_cost(cpu, acc); fig.savefig(Path(a.out).with_suffix('.png'), dpi=80)
     o = res['overall']
     md, dd = (cpu.get('moe', {}).get('decode_tok_s', float('nan')), cpu.get('dense_active', {}).get('decode_tok_s', float('nan')))
-    print(f"reasoning deep_think_pct={o['deep_think_pct']:.1f} fast_no_think_pct={o['fast_no_think_pct']:.1f} "
-          f"moe_decode_tok_s={md:.1f} dense_decode_tok_s={dd:.1f}")
+    from compass_nbdev.core import write_record
+    rec = write_record('reasoning', dict(deep_think_pct=f"{o['deep_think_pct']:.1f}", fast_no_think_pct=f"{o['fast_no_think_pct']:.1f}",
+                                         moe_decode_tok_s=f'{md:.1f}', dense_decode_tok_s=f'{dd:.1f}'), args=vars(a))
+    print(rec['line'])
     return 0
 
 

@@ -62,7 +62,10 @@ def main():
     print(results_table(ev['results'], [l for l in langs if l in ev['results']['merged']]))
     h = ev['headline']
     print(json.dumps({'headline': h, 'merge': rows[a.main].get('merge'), 'presets': rows, 'single': single, 'out': str(out)}, indent=1))
-    print(f"tokenizer sea_ratio={h.get('sea_ratio', float('nan')):.3f} en_zh_ratio={h.get('en_zh_ratio', float('nan')):.3f} "
-          f"train_s={rows[a.main]['train_s']:.1f}")
+    from compass_nbdev.core import write_record
+    rec = write_record('tokenizer', dict(sea_ratio=f"{h.get('sea_ratio', float('nan')):.3f}",
+                                         en_zh_ratio=f"{h.get('en_zh_ratio', float('nan')):.3f}",
+                                         train_s=f"{rows[a.main]['train_s']:.1f}"), details=dict(headline=h, presets=rows))
+    print(rec['line'])
 
 if __name__ == '__main__': main()

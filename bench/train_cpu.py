@@ -52,7 +52,10 @@ def main():
         if r.returncode: sys.exit(r.stderr[-3000:])
         res[preset] = json.loads(r.stdout.split('RESULT', 1)[1])
         print(preset, res[preset], file=sys.stderr)
-    print(f"train_cpu moe_tokens_per_s={res['laptop']['tokens_per_s']:.0f} dense_tokens_per_s={res['laptop-dense']['tokens_per_s']:.0f} "
-          f"peak_mb={res['laptop']['peak_mb']:.0f}")
+    from compass_nbdev.core import write_record
+    rec = write_record('train_cpu', dict(moe_tokens_per_s=f"{res['laptop']['tokens_per_s']:.0f}",
+                                         dense_tokens_per_s=f"{res['laptop-dense']['tokens_per_s']:.0f}",
+                                         peak_mb=f"{res['laptop']['peak_mb']:.0f}"), args=vars(a))
+    print(rec['line'])
 
 if __name__ == '__main__': main()

@@ -40,8 +40,11 @@ def main():
     if a.moe_impl: over['model_overrides'] = {'moe_impl': a.moe_impl}
     r = measure_throughput(tok, a.preset, steps=a.steps, warmup=a.warmup, data=data, **over)
     print(json.dumps(r), file=sys.stderr)
+    from compass_nbdev.core import write_record
     mfu = f"{100 * r['mfu']:.1f}" if r['mfu'] is not None else 'nan'
-    print(f"train_gpu gpu={r['device'].replace(' ', '_')} mfu_pct={mfu} tokens_per_s={r['tokens_per_s']:.0f} peak_mb={r['peak_mb']:.0f}")
+    rec = write_record('train_gpu', dict(gpu=r['device'].replace(' ', '_'), mfu_pct=mfu, tokens_per_s=f"{r['tokens_per_s']:.0f}",
+                                         peak_mb=f"{r['peak_mb']:.0f}"), args=vars(a))
+    print(rec['line'])
     return 0
 
 if __name__ == '__main__': sys.exit(main())

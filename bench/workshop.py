@@ -17,6 +17,7 @@ from pathlib import Path
 import nbformat
 from nbclient import NotebookClient
 
+from compass_nbdev.core import write_record
 from compass_nbdev.workshop import exercise_names, solve_notebook
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,7 +49,10 @@ def main() -> None:
         print(f"| {p.name} | {len(exercise_names(json.loads(p.read_text())))} | {s:.1f} |", flush=True)
     load1 = os.getloadavg()
     print(f"\nload average after {load1[0]:.2f} {load1[1]:.2f} {load1[2]:.2f}")
-    print(f"workshop total_s={sum(rows):.1f} max_s={max(rows):.1f} load_before={load0[0]:.2f} load_after={load1[0]:.2f}")
+    rec = write_record('workshop', dict(total_s=f'{sum(rows):.1f}', max_s=f'{max(rows):.1f}', load_before=f'{load0[0]:.2f}',
+                                        load_after=f'{load1[0]:.2f}'), details=dict(seconds={p.name: round(s, 1) for p, s in zip(nbs, rows)}),
+                       blank=a.blank)
+    print(rec['line'])
 
 
 if __name__ == "__main__":

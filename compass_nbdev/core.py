@@ -6,7 +6,7 @@ Docs: https://compass-nbdev.github.io/compass_nbdev/core.html.md"""
 
 # %% ../nbs/00_core.ipynb #1502fbc8
 from __future__ import annotations
-import os, json, math, shutil, tempfile, time, logging, typing, types
+import os, json, math, platform, shutil, subprocess, tempfile, time, logging, typing, types
 from contextlib import contextmanager
 from pathlib import Path
 from dataclasses import dataclass, field, fields, asdict, MISSING
@@ -15,7 +15,8 @@ from dataclasses import dataclass, field, fields, asdict, MISSING
 __all__ = ['LANGS', 'SEA_LANGS', 'DATA_DIR_ENV', 'SYNTHETIC', 'PRESETS', 'logger', 'CompassError', 'ConfigError', 'DataError',
            'atomic_write', 'atomic_write_text', 'atomic_write_json', 'atomic_dir', 'Lang', 'check_lang',
            'resolve_data_dir', 'setting', 'Config', 'load_config_file', 'add_presets', 'preset', 'md_table',
-           'time_calls', 'median_ms', 'get_logger']
+           'time_calls', 'median_ms', 'results_dir', 'run_info', 'portable_paths', 'bench_line', 'write_record',
+           'read_record', 'get_logger']
 
 # %% ../nbs/00_core.ipynb #81b1cf7a
 class CompassError(ValueError):
@@ -305,6 +306,80 @@ def median_ms(ts:list[float])->float:
     "The median of a list of seconds, in milliseconds."
     s = sorted(ts); n = len(s)
     return (s[n // 2] if n % 2 else (s[n // 2 - 1] + s[n // 2]) / 2) * 1e3
+
+# %% ../nbs/00_core.ipynb #c0572f12
+def results_dir()->Path:
+    "The folder of benchmark records: `$COMPASS_RESULTS_DIR`, else `bench/results` beside the package."
+    import compass_nbdev
+    env = os.environ.get('COMPASS_RESULTS_DIR')
+    return Path(env) if env else Path(compass_nbdev.__file__).resolve().parent.parent/'bench'/'results'
+
+def _cmd(*args)->str:
+    "A command's stdout, or '' when it cannot run."
+    try: return subprocess.run(args, capture_output=True, text=True, timeout=20).stdout.strip()
+    except (OSError, subprocess.SubprocessError): return ''
+
+# %% ../nbs/00_core.ipynb #c30e9c2f
+def run_info()->dict:
+    "Where and when a measurement runs: commit (`+dirty` with uncommitted changes), UTC date, machine, load average."
+    import compass_nbdev
+    repo = str(Path(compass_nbdev.__file__).resolve().parent.parent)
+    commit = _cmd('git', '-C', repo, 'rev-parse', '--short', 'HEAD') or 'unknown'
+    if _cmd('git', '-C', repo, 'status', '--porcelain', '--untracked-files=no'): commit += '+dirty'
+    cpu = next((l.split(':', 1)[1].strip() for l in Path('/proc/cpuinfo').read_text().splitlines()
+                if l.startswith('model name')), '') if Path('/proc/cpuinfo').exists() else ''
+    return dict(commit=commit, date=time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime()),
+                machine=f"{os.cpu_count()} CPUs {platform.machine()}{', ' + cpu if cpu else ''}",
+                load_avg=[round(x, 2) for x in os.getloadavg()])
+
+# %% ../nbs/00_core.ipynb #56d957cf
+def portable_paths(o):
+    "`o` with this machine's absolute paths made portable: `$COMPASS_DATA_DIR/...`, repository-relative, or `<local>/name`."
+    if isinstance(o, dict): return {k: portable_paths(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)): return [portable_paths(v) for v in o]
+    if not (isinstance(o, str) and o.startswith('/') and ' ' not in o): return o
+    import compass_nbdev
+    p, data = Path(o), os.environ.get(DATA_DIR_ENV)
+    for root, name in ((data, '$' + DATA_DIR_ENV), (Path(compass_nbdev.__file__).resolve().parent.parent, None)):
+        if root and p.is_relative_to(Path(root).resolve()):
+            rel = p.relative_to(Path(root).resolve()).as_posix()
+            return '/'.join(x for x in (name, rel if rel != '.' else '') if x) or '.'
+    return f'<local>/{p.name}'
+
+def bench_line(name:str, # the benchmark's name: the line's first word
+               fields:dict, # {key: value}, in the order they are printed
+              )->str:
+    "The final line a benchmark prints: `name key=value ...`."
+    return ' '.join([name] + [f'{k}={v}' for k, v in fields.items()])
+
+def _number(v):
+    "A field as data: '0.846' → 0.846, '125' → 125; anything else as it is."
+    if not isinstance(v, str): return v
+    for f in (int, float):
+        try: return f(v)
+        except ValueError: pass
+    return v
+
+def write_record(name:str, # the benchmark's name (the record is `<name>.json`)
+                 fields:dict, # its final line's fields, formatted as printed (`f'{r:.3f}'`); kept as numbers
+                 path:str|Path|None=None, # the record file; default `results_dir()/<name>.json`
+                 **extra, # more to keep: `details={...}`, `args=...`; `source=`, `date=`... override `run_info()`
+                )->dict:
+    "Write a benchmark's record atomically and return it; `rec['line']` is the line to print."
+    raw = dict(fields)
+    fields = {k: _number(v) for k, v in fields.items()}
+    rec = portable_paths(dict(name=name, line=bench_line(name, raw), fields=fields, **{**run_info(), **extra}))
+    atomic_write_json(Path(path) if path else results_dir()/f'{name}.json', rec)
+    return rec
+
+# %% ../nbs/00_core.ipynb #474230da
+def read_record(name:str, # a benchmark's name
+                path:str|Path|None=None, # the record file; default `results_dir()/<name>.json`
+               )->dict:
+    "A benchmark's record (see `write_record`); a clear error when it was never written."
+    p = Path(path) if path else results_dir()/f'{name}.json'
+    if not p.is_file(): raise CompassError(f"no record {name!r}: run `python bench/{name}.py` first", where=str(p))
+    return json.loads(p.read_text())
 
 # %% ../nbs/00_core.ipynb #53d34365
 logger = logging.getLogger('compass_nbdev')

@@ -15,7 +15,8 @@ from torch import Tensor
 # %% auto #0
 __all__ = ['EXERCISE_MARK', 'SOLUTION_PRELUDE', 'CheckResult', 'attempt', 'run_check', 'expect_close', 'show_solution',
            'check_mix_probs', 'check_repetition', 'workshop_tokenizer', 'check_bpe_encode', 'check_bytes_per_token',
-           'check_topk_route', 'check_moe_experts', 'check_moe_params', 'check_swiglu_triton', 'check_softmax_triton',
+           'workshop_subtokenizers', 'bpe_tokenizer', 'check_merge_subtokenizer', 'check_topk_route',
+           'check_moe_experts', 'check_moe_params', 'check_moe_layer', 'check_swiglu_triton', 'check_softmax_triton',
            'check_aux_loss', 'check_z_loss', 'check_update_bias', 'workshop_model', 'workshop_batches',
            'check_lr_schedule', 'check_total_loss', 'check_train_steps', 'check_bpb', 'check_routing_mi',
            'exercise_names', 'solve_notebook', 'check_assistant_mask', 'check_parse_reply']
@@ -220,6 +221,58 @@ def check_bytes_per_token(fn, # fn(tok, texts) -> UTF-8 bytes per token
         return "matches tokenizer.compare_tokenizers on th, vi, zh and en"
     return run_check(name, body)
 
+# %% ../nbs/workshop/checks.ipynb #d77f28f8
+from .tokenizer import merge_bpe, empty_bpe
+from tokenizers import models
+
+# %% ../nbs/workshop/checks.ipynb #f3ce7a85
+def workshop_subtokenizers(base_size:int=400, # the base: every language but Thai
+                           thai_size:int=330, # the other: Thai alone
+                          )->tuple:
+    "Two tiny byte-level BPEs on the synthetic corpus (cached): (base, thai)."
+    key = ('subs', base_size, thai_size)
+    if key not in _TOK:
+        docs = synthetic_corpus(n_per_lang=40, seed=0)
+        _TOK[key] = (train_bpe([d['text'] for d in docs if d['lang'] != 'th'], base_size),
+                     train_bpe([d['text'] for d in docs if d['lang'] == 'th'], thai_size))
+    return _TOK[key]
+
+def bpe_tokenizer(vocab:dict, # {token: id}
+                  merges:list, # [(left, right)] in order
+                 ):
+    "A `tokenizers.Tokenizer` from a BPE vocabulary and merges (our pre-tokenizer and decoder)."
+    tok = empty_bpe()
+    tok.model = models.BPE(vocab=vocab, merges=[tuple(m) for m in merges])
+    return tok
+
+# %% ../nbs/workshop/checks.ipynb #f2c8052f
+def check_merge_subtokenizer(fn, # fn(vocab, merges, other_merges, vocab_size) -> (vocab, merges)
+                            )->CheckResult:
+    "Compare with `tokenizer.merge_bpe` (a base and one other sub-tokenizer) at three vocabulary sizes."
+    name = 'merge_subtokenizer'
+    def body():
+        base, thai = workshop_subtokenizers()
+        (bv, bm), (_, tm) = bpe_parts(base), bpe_parts(thai)
+        for size in (len(bv), len(bv) + 40, len(bv) + 400):
+            out = attempt(name, fn, dict(bv), list(bm), list(tm), size)
+            if not (isinstance(out, (tuple, list)) and len(out) == 2 and isinstance(out[0], dict)):
+                raise _Failed(CheckResult(name, False, f"expected (vocab dict, merges list), got {type(out).__name__}", "return vocab, merges"))
+            wv, wm = bpe_parts(merge_bpe({'base': base, 'thai': thai}, size)[0])
+            gv, gm = out[0], [tuple(m) for m in out[1]]
+            if gv != wv:
+                extra = sorted(set(gv) - set(wv), key=gv.get)[:3]; missing = sorted(set(wv) - set(gv), key=wv.get)[:3]
+                raise _Failed(CheckResult(name, False, f"vocab_size={size}: got {len(gv)} tokens, expected {len(wv)}; "
+                    f"tokens you added that merge_bpe does not: {extra}; tokens missing: {missing}",
+                    "keep the base as it is; for each (a, b) of the other's merges, in order, stop at vocab_size, skip a+b when "
+                    "the vocabulary has it, and add it only when apply_merges(a+b, ranks) gives exactly two pieces"))
+            if gm != wm:
+                j = next((j for j, (a, b) in enumerate(zip(gm, wm)) if a != b), min(len(gm), len(wm)))
+                raise _Failed(CheckResult(name, False, f"vocab_size={size}: the merges differ at position {j}: got "
+                    f"{gm[j] if j < len(gm) else None}, expected {wm[j] if j < len(wm) else None}",
+                    "append the two pieces apply_merges gives (not (a, b)) as the new merge, and update the ranks"))
+        return "matches tokenizer.merge_bpe (base + Thai) at three vocabulary sizes"
+    return run_check(name, body)
+
 # %% ../nbs/workshop/checks.ipynb #a37f277f
 from .moe import route, experts_loop, CompassMoE
 
@@ -296,6 +349,30 @@ def check_moe_params(fn, # fn(H, F, E, k, n_shared) -> (total, active)
                         "a SwiGLU expert has three H×F matrices (gate, up, down); the router is one H×E matrix with no bias; "
                         "a token uses its k routed experts, every shared expert and the whole router"))
         return "total and active parameters match CompassMoE, up to Compass-v2's layer (H=3072, 56 experts, F=1536)"
+    return run_check(name, body)
+
+# %% ../nbs/workshop/checks.ipynb #644652ec
+def check_moe_layer(fn, # fn(x (T, H), moe) -> (T, H)
+                   )->CheckResult:
+    "Compare output and the gradient of x with a `moe.CompassMoE`'s own forward, with 0, 1 and 2 shared experts."
+    name = 'moe_layer'
+    def body():
+        for i, (T, H, Fd, E, k, ns) in enumerate([(9, 16, 8, 4, 2, 1), (1, 8, 4, 3, 1, 2), (30, 24, 12, 8, 4, 0)]):
+            torch.manual_seed(20 + i)
+            moe = CompassMoE(H, Fd, E, k, ns, impl='loop')
+            if moe.shared is not None:
+                for p in moe.shared.parameters(): torch.nn.init.normal_(p, std=0.3)
+            x = torch.randn(T, H, generator=_rng(30 + i))
+            xg, xr = x.clone().requires_grad_(), x.clone().requires_grad_()
+            out, ref = attempt(name, fn, xg, moe), moe(xr)[0]
+            expect_close(name, out, ref, f"the output (T={T}, H={H}, E={E}, k={k}, shared={ns})", 1e-4, 1e-4,
+                         "routed part: route(x @ moe.router.weight.T, moe.k), then the experts; shared part: every token, "
+                         "weight 1, through moe.shared.gate_up (gate | up), silu(gate) * up, then moe.shared.down")
+            if not (isinstance(out, Tensor) and out.requires_grad):
+                raise _Failed(CheckResult(name, False, "the output carries no gradient", "use differentiable torch ops"))
+            out.sum().backward(); ref.sum().backward()
+            expect_close(name, xg.grad, xr.grad, "the gradient of x", 1e-4, 1e-4)
+        return "output and the gradient of x match CompassMoE with 0, 1 and 2 shared experts"
     return run_check(name, body)
 
 # %% ../nbs/workshop/checks.ipynb #a50a86e1

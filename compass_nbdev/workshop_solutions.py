@@ -14,9 +14,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 # %% auto #0
-__all__ = ['mix_probs', 'repetition', 'bpe_encode', 'bytes_per_token', 'topk_route', 'moe_experts', 'moe_params', 'my_aux_loss',
-           'my_z_loss', 'my_update_bias', 'lr_schedule', 'total_loss', 'train_steps', 'bpb', 'routing_mi',
-           'swiglu_triton', 'router_probs_triton', 'my_assistant_mask', 'parse_reply']
+__all__ = ['mix_probs', 'repetition', 'bpe_encode', 'bytes_per_token', 'merge_subtokenizer', 'topk_route', 'moe_experts',
+           'moe_params', 'moe_layer', 'my_aux_loss', 'my_z_loss', 'my_update_bias', 'lr_schedule', 'total_loss',
+           'train_steps', 'bpb', 'routing_mi', 'swiglu_triton', 'router_probs_triton', 'my_assistant_mask',
+           'parse_reply']
 
 # %% ../nbs/workshop/solutions.ipynb #5c49a1bd
 try:
@@ -65,6 +66,28 @@ def bytes_per_token(tok, # a `tokenizers.Tokenizer` or a `transformers` tokenize
     n_tok = sum(len(e.ids) for e in bt.encode_batch(list(texts), add_special_tokens=False))
     return sum(len(t.encode('utf-8')) for t in texts) / n_tok
 
+# %% ../nbs/workshop/solutions.ipynb #ee3748fc
+from .tokenizer import apply_merges
+from .moe import route, experts_loop
+
+# %% ../nbs/workshop/solutions.ipynb #26d5de0d
+def merge_subtokenizer(vocab:dict, # the base sub-tokenizer's {token: id}, ids 0..n-1
+                       merges:list, # the base's merges [(left, right)], in order
+                       other_merges:list, # another sub-tokenizer's merges, in order
+                       vocab_size:int, # cap on the merged vocabulary
+                      )->tuple[dict, list]:
+    "The base unchanged, then each token of the other's merges, in its order, that one new merge makes reachable."
+    vocab, merges = dict(vocab), list(merges)
+    ranks = {m: i for i, m in enumerate(merges)}
+    for a, b in other_merges:
+        if len(vocab) >= vocab_size: break
+        t = a + b
+        if t in vocab: continue                   # the base has it already
+        parts = apply_merges(t, ranks)            # how the merged tokenizer splits t so far
+        if len(parts) != 2: continue              # more than one new merge needed: unreachable
+        vocab[t] = len(vocab); ranks[tuple(parts)] = len(merges); merges.append(tuple(parts))
+    return vocab, merges
+
 # %% ../nbs/workshop/solutions.ipynb #46a5817f
 def topk_route(logits:Tensor, # (T, E) router logits
                k:int, # experts per token
@@ -99,6 +122,18 @@ def moe_params(H:int, # hidden size
     "Parameters of one MoE layer: (total, active per token). A SwiGLU expert has 3·H·F weights; the router H·E."
     expert, router = 3 * H * F, H * E
     return (E + n_shared) * expert + router, (k + n_shared) * expert + router
+
+# %% ../nbs/workshop/solutions.ipynb #cd2b8d74
+def moe_layer(x:Tensor, # (T, H) tokens
+              moe, # a `moe.CompassMoE`: router, routed experts, shared experts
+             )->Tensor:
+    "The MoE layer's output: the top-k routed experts, plus the shared experts that every token uses with weight 1."
+    w, ids, _ = route(x @ moe.router.weight.T, moe.k)
+    out = experts_loop(x, ids, w, moe.w_gate_up, moe.w_down)
+    if moe.shared is not None:   # n_shared experts of width F, stored side by side as one SwiGLU of width n_shared·F
+        g, u = (x @ moe.shared.gate_up.weight.T).chunk(2, dim=-1)
+        out = out + (F.silu(g) * u) @ moe.shared.down.weight.T
+    return out
 
 # %% ../nbs/workshop/solutions.ipynb #b846b88c
 if HAS_TRITON:

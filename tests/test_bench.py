@@ -1,31 +1,36 @@
-"The CPU benchmark scripts still run end to end (tiny sizes; the figures themselves live in bench/RESULTS.md)."
-import re, subprocess, sys
+"""The CPU benchmark scripts still run end to end (tiny sizes; the figures themselves live in bench/RESULTS.md).
+Each writes its record into a temporary COMPASS_RESULTS_DIR here, never over the real ones in bench/results/."""
+import json, os, re, subprocess, sys
 from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.mark.parametrize('extra', [[], ['--keep-freed-memory']])
-def test_model_cpu_bench_runs_and_prints_its_final_line(extra):
+def test_model_cpu_bench_runs_and_prints_its_final_line(extra, tmp_path):
     args = ['--vocab', '256', '--hidden', '32', '--layers', '1', '--heads', '2', '--kv-heads', '1', '--experts', '4',
             '--k', '2', '--expert', '16', '--seq', '16', '--steps', '2', '--block', '2', '--impls', 'grouped_mm']
     r = subprocess.run([sys.executable, str(ROOT / 'bench' / 'model_cpu.py'), *args, *extra], capture_output=True,
-                       text=True, timeout=300, cwd=ROOT)
+                       text=True, timeout=300, cwd=ROOT, env={**os.environ, 'COMPASS_RESULTS_DIR': str(tmp_path)})
     assert r.returncode == 0, r.stderr[-3000:]
     assert re.search(r'^model_cpu ratio=\d+\.\d{3} peak_mb=\d+$', r.stdout.strip().splitlines()[-1]), r.stdout[-2000:]
     assert "page faults" in r.stdout and "matmul floor, compass (1 shared)" in r.stdout
     if extra: assert 'freed memory kept (mallopt)' in r.stdout
+    rec = json.loads((tmp_path / 'model_cpu.json').read_text())   # the record holds the printed line and its fields
+    assert rec['line'] == r.stdout.strip().splitlines()[-1] and set(rec['fields']) == {'ratio', 'peak_mb'}
+    assert isinstance(rec['fields']['ratio'], float) and rec['commit'] and rec['date'].endswith('UTC')
 
-def test_model_cpu_sizes_runs_every_size_and_summarises():
+def test_model_cpu_sizes_runs_every_size_and_summarises(tmp_path):
     tiny = ('--vocab 256 --hidden 32 --layers 1 --heads 2 --kv-heads 1 --experts 4 --k 2 --expert 16 --seq 16 '
             '--block 2')
     r = subprocess.run([sys.executable, str(ROOT / 'bench' / 'model_cpu_sizes.py'), '--sizes', 'laptop,batch4',
                         '--impls', 'grouped_mm', '--steps', '2', '--extra', tiny], capture_output=True, text=True,
-                       timeout=600, cwd=ROOT)
+                       timeout=600, cwd=ROOT, env={**os.environ, 'COMPASS_RESULTS_DIR': str(tmp_path)})
     assert r.returncode == 0, r.stderr[-3000:]
     lines = r.stdout.strip().splitlines()
     assert [l.split('|')[1].strip() for l in lines if l.startswith('| laptop') or l.startswith('| batch4')] == ['laptop', 'batch4']
     assert re.search(r'^model_cpu_sizes worst=\d+\.\d{3} best=\d+\.\d{3} met=[0-2]/2$', lines[-1]), r.stdout[-2000:]
+    assert json.loads((tmp_path / 'model_cpu_sizes.json').read_text())['line'] == lines[-1]
     bad = subprocess.run([sys.executable, str(ROOT / 'bench' / 'model_cpu_sizes.py'), '--sizes', 'huge'],
                          capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert bad.returncode != 0 and "unknown ['huge']" in bad.stderr

@@ -11,7 +11,7 @@ from compass_nbdev.tokenizer import train_bpe, to_hf
 TEXTS = ["The quick brown fox jumps over the lazy dog.", "Saya suka membeli baju di toko online.",
          "ร้านนี้ส่งของเร็วมาก สินค้าดี", "Sản phẩm rất tốt, giao hàng nhanh.", "这个商品质量很好，物流也很快。",
          "Ang ganda ng produkto, mabilis ang delivery.", "Produto excelente, chegou antes do prazo."] * 6
-DATA = os.environ.get('COMPASS_DATA_DIR') or ('/work/shared/data' if os.path.isdir('/work/shared/data/eval') else None)
+DATA = os.environ.get('COMPASS_DATA_DIR')  # the shared data directory; the tests that need it skip without it
 
 @pytest.fixture(scope='module')
 def tok(): return to_hf(train_bpe(TEXTS, 300, min_frequency=2))

@@ -29,8 +29,10 @@ CHECKS = {
     "repetition": (W.check_repetition, S.repetition),
     "bpe_encode": (W.check_bpe_encode, S.bpe_encode),
     "bytes_per_token": (W.check_bytes_per_token, S.bytes_per_token),
+    "merge_subtokenizer": (W.check_merge_subtokenizer, S.merge_subtokenizer),
     "topk_route": (W.check_topk_route, S.topk_route),
     "moe_experts": (W.check_moe_experts, S.moe_experts),
+    "moe_layer": (W.check_moe_layer, S.moe_layer),
     "moe_params": (W.check_moe_params, S.moe_params),
     "swiglu_kernel": (W.check_swiglu_triton, S.swiglu_triton),
     "softmax_kernel": (W.check_softmax_triton, S.router_probs_triton),
@@ -82,6 +84,8 @@ WRONG = {
     "mix_probs": lambda c, a: {l: n ** a for l, n in c.items()},  # not normalized
     "repetition": lambda t, n=3: 1 - len(set(t.split())) / max(len(t.split()), 1),  # words, not n-grams
     "bpe_encode": lambda w, r: list(w),  # no merges
+    "merge_subtokenizer": lambda v, m, o, n: (v, m),  # nothing added
+    "moe_layer": lambda x, m: S.moe_experts(x, *reversed(S.topk_route(x @ m.router.weight.T, m.k)), m.w_gate_up, m.w_down),  # no shared experts
     "topk_route": lambda l, k: tuple(torch.softmax(l, -1).topk(k)),  # not renormalized
     "moe_params": lambda H, F, E, k, s: ((E + s) * 3 * H * F, (k + s) * 3 * H * F),  # router forgotten
     "my_aux_loss": lambda p, i: p.shape[-1] * (p.mean(0) * p.mean(0)).sum(),  # f from probabilities
