@@ -4,7 +4,9 @@ single BPE of the same size on the same data and with widely used tokenizers, on
     python bench/tokenizer.py DATA_DIR [--presets tiny,laptop,compass-v2] [--main compass-v2] [--out DIR]
 
 Each training runs in its own process so that its peak memory (max RSS) is its own. The last line printed is
-`tokenizer sea_ratio=<x> en_zh_ratio=<x> train_s=<x>` for the main preset."""
+`tokenizer sea_ratio=<x> en_zh_ratio=<x> pt_ratio=<x> train_s=<x>` for the main preset (SEA: th vi id ms tl pt,
+against the best multilingual peer; en and zh each against the best peer on it; pt against Tekken); the same
+fields, the bytes/token table and the load go to `bench/results/tokenizer.json`."""
 from __future__ import annotations
 import argparse, json, os, resource, subprocess, sys, tempfile, time
 from pathlib import Path
@@ -62,7 +64,12 @@ def main():
     print(results_table(ev['results'], [l for l in langs if l in ev['results']['merged']]))
     h = ev['headline']
     print(json.dumps({'headline': h, 'merge': rows[a.main].get('merge'), 'presets': rows, 'single': single, 'out': str(out)}, indent=1))
-    print(f"tokenizer sea_ratio={h.get('sea_ratio', float('nan')):.3f} en_zh_ratio={h.get('en_zh_ratio', float('nan')):.3f} "
-          f"train_s={rows[a.main]['train_s']:.1f}")
+    from compass_nbdev.core import bench_record
+    nan = float('nan')
+    bpt = {n: {l: round(r['bytes_per_token'], 3) for l, r in rs.items()} for n, rs in ev['results'].items()}
+    print(bench_record('tokenizer', {'sea_ratio': h.get('sea_ratio', nan), 'en_zh_ratio': h.get('en_zh_ratio', nan),
+                                     'pt_ratio': h.get('pt_ratio', nan), 'train_s': float(rows[a.main]['train_s']),
+                                     'headline': h, 'bytes_per_token': bpt,
+                                     'presets': rows, 'single': single}, Path(__file__).parent/'results'))
 
 if __name__ == '__main__': main()

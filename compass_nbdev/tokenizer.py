@@ -31,7 +31,7 @@ RESERVED_TOKENS = SPECIAL_TOKENS[3:]  # chat turns and reasoning spans
 BYTE_ALPHABET = 256
 MIN_VOCAB = BYTE_ALPHABET + len(SPECIAL_TOKENS)
 
-def _default_groups(): return {'general': ['en', 'zh', 'id', 'ms', 'th', 'vi', 'tl'], 'other': ['pt', 'zh-Hant'], 'zh': ['zh']}
+def _default_groups(): return {'general': ['en', 'zh', 'id', 'ms', 'th', 'vi', 'tl', 'pt'], 'other': ['zh-Hant'], 'zh': ['zh']}
 
 TOKENIZER_PRESETS = {
     'tiny':       dict(vocab_size=4096,   sizes={'general': 3072,   'other': 1024,  'zh': 2048},  bytes_per_lang=300_000),
@@ -401,7 +401,7 @@ def token_counter(tok)->object:
     return lambda texts: sum(len(e.ids) for e in bt.encode_batch(list(texts), add_special_tokens=False))
 
 # %% ../nbs/20_tokenizer.ipynb #9fe1bffc
-TARGET_SEA = ['th', 'vi', 'id', 'ms', 'tl']
+TARGET_SEA = ['th', 'vi', 'id', 'ms', 'tl', 'pt']  # the paper's SEA markets, Brazil included
 
 def ntrex_texts(data_dir:str|Path|None=None, # data directory (None: $COMPASS_DATA_DIR)
                 langs:list[str]|None=None, # languages (None: every ntrex.<lang>.jsonl found)
@@ -434,8 +434,9 @@ def compare_tokenizers(counters:dict, # name -> f(texts) -> total tokens
 def headline(res:dict, # from `compare_tokenizers`
              ours:str='merged', # our tokenizer's name in `res`
              peers:list[str]=MULTILINGUAL_PEERS, # peers to beat (those present in `res`)
+             pt_peer:str='tekken', # the peer Portuguese is held against (the best one on pt)
             )->dict:
-    "sea_ratio and en_zh_ratio of `ours` against the best multilingual peer."
+    "sea_ratio and en_zh_ratio of `ours` against the best multilingual peer; pt_ratio against `pt_peer`."
     bpt = lambda n, l: res[n][l]['bytes_per_token']
     ps = [p for p in peers if p in res]
     if not ps: return {}
@@ -445,6 +446,7 @@ def headline(res:dict, # from `compare_tokenizers`
     for l in ('en', 'zh'):
         bp = max(ps, key=lambda p: bpt(p, l)); out[f'{l}_ratio'] = bpt(ours, l) / bpt(bp, l); out[f'{l}_best_peer'] = bp
     out['en_zh_ratio'] = min(out['en_ratio'], out['zh_ratio'])
+    if pt_peer in res: out['pt_ratio'] = bpt(ours, 'pt') / bpt(pt_peer, 'pt')
     return out
 
 # %% ../nbs/20_tokenizer.ipynb #802fa0f9
