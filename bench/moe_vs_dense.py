@@ -1,5 +1,6 @@
-"""The paper's core claim at our scale: MoE (shared + fine-grained routed experts) against a dense model with the same
-active parameters, trained on the same tokens, compared by NTREX bits per UTF-8 byte per language.
+"""Our controlled experiment (the report compares against external dense models, not a dense twin): MoE
+(shared + fine-grained routed experts) against a dense model with the same active parameters,
+trained on the same tokens, compared by NTREX bits per UTF-8 byte per language.
 
 Both models use the preset's training recipe (`compass_nbdev.train.TRAIN_PRESETS['laptop']` by default): `laptop`
 (MoE) and `laptop-dense` (a dense SwiGLU of width (k + shared) × expert width, so the active parameters match;

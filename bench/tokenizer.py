@@ -4,7 +4,9 @@ single BPE of the same size on the same data and with widely used tokenizers, on
     python bench/tokenizer.py DATA_DIR [--presets tiny,laptop,compass-v2] [--main compass-v2] [--out DIR]
 
 Each training runs in its own process so that its peak memory (max RSS) is its own. The last line printed is
-`tokenizer sea_ratio=<x> en_zh_ratio=<x> train_s=<x>` for the main preset."""
+`tokenizer sea_ratio=<x> en_zh_ratio=<x> pt_ratio=<x> train_s=<x>` for the main preset (SEA: th vi id ms tl pt,
+against the best multilingual peer; en and zh each against the best peer on it; pt against Tekken); the same
+fields, the bytes/token table and the load go to `bench/results/tokenizer.json`."""
 from __future__ import annotations
 import argparse, json, os, resource, subprocess, sys, tempfile, time
 from pathlib import Path
@@ -63,9 +65,11 @@ def main():
     h = ev['headline']
     print(json.dumps({'headline': h, 'merge': rows[a.main].get('merge'), 'presets': rows, 'single': single, 'out': str(out)}, indent=1))
     from compass_nbdev.core import write_record
-    rec = write_record('tokenizer', dict(sea_ratio=f"{h.get('sea_ratio', float('nan')):.3f}",
-                                         en_zh_ratio=f"{h.get('en_zh_ratio', float('nan')):.3f}",
-                                         train_s=f"{rows[a.main]['train_s']:.1f}"), details=dict(headline=h, presets=rows))
+    nan = float('nan')
+    bpt = {n: {l: round(r['bytes_per_token'], 3) for l, r in rs.items()} for n, rs in ev['results'].items()}
+    rec = write_record('tokenizer', dict(sea_ratio=f"{h.get('sea_ratio', nan):.3f}", en_zh_ratio=f"{h.get('en_zh_ratio', nan):.3f}",
+                                         pt_ratio=f"{h.get('pt_ratio', nan):.3f}", train_s=f"{rows[a.main]['train_s']:.1f}"),
+                       details=dict(headline=h, bytes_per_token=bpt, presets=rows, single=single))
     print(rec['line'])
 
 if __name__ == '__main__': main()

@@ -15,7 +15,7 @@ from .generate import generate_ids
 
 # %% auto #0
 __all__ = ['dense_equal_total', 'cost_configs', 'time_generation', 'measure_inference', 'qwen32b_like', 'accounting_table',
-           'plot_cost']
+           'plot_cost', 'scaled_configs', 'decode_bytes', 'measure_decode', 'fit_decode', 'predict_ms', 'crossover']
 
 # %% ../nbs/82_inference_cost.ipynb #7f4f34b2
 def dense_equal_total(preset:str='laptop', # a MoE model preset; `<preset>-dense` must exist too
@@ -122,3 +122,70 @@ def plot_cost(cpu:dict, # {name: measure_inference result} for the laptop models
     a3.legend(loc='upper left', fontsize=7); a3b.legend(loc='upper right', fontsize=7)
     fig.tight_layout()
     return fig
+
+# %% ../nbs/82_inference_cost.ipynb #d1118868
+def scaled_configs(preset:str='laptop', # a MoE model preset with a `<preset>-dense` twin
+                   scale:int=1, # multiplies the hidden size, the head size and the expert width
+                  )->dict:
+    "The three models of `cost_configs`, widened by `scale` (depth, heads and expert counts kept)."
+    m = CompassConfig.from_preset(preset)
+    kw = dict(hidden_size=m.hidden_size * scale, head_dim=m.head_dim * scale, moe_intermediate_size=m.moe_intermediate_size * scale)
+    dense = dict(kw, intermediate_size=(m.num_experts_per_tok + m.n_shared_experts) * kw['moe_intermediate_size'])
+    twin = lambda i: CompassConfig.from_preset(f'{preset}-dense', **{**dense, 'intermediate_size': i})
+    moe = CompassConfig.from_preset(preset, **kw)
+    per = model_stats(twin(2))['total'] - model_stats(twin(1))['total']
+    width = max(1, round((model_stats(moe)['total'] - model_stats(twin(1))['total']) / per) + 1)
+    return {'moe': moe, 'dense_active': twin(dense['intermediate_size']), 'dense_total': twin(width)}
+
+def decode_bytes(cfg:CompassConfig, # a model config
+                 bytes_per_param:int=4, # 4 = float32 (our CPU runs), 2 = bf16
+                )->int:
+    "Weight bytes one decode step reads at batch 1: every active matrix, the output head included (one embedding row is not counted)."
+    s = model_stats(cfg)
+    return (s['active'] - (0 if cfg.tie_word_embeddings else cfg.vocab_size * cfg.hidden_size)) * bytes_per_param
+
+# %% ../nbs/82_inference_cost.ipynb #ab2e0c4a
+def measure_decode(scales:tuple=(1, 2, 4), # widths to measure (see `scaled_configs`)
+                   preset:str='laptop',
+                   prompt_len:int=16, # a short prompt: decode dominates
+                   new_tokens:int=32, # decode steps
+                   repeats:int=3, # timed runs (the median counts)
+                  )->list[dict]:
+    "Decode milliseconds per token (batch 1, KV cache) of the three models at each width, with the bytes each step reads."
+    rows = []
+    for s in scales:
+        for name, cfg in scaled_configs(preset, s).items():
+            torch.manual_seed(0)
+            model = CompassForCausalLM(cfg).eval()
+            t = time_generation(model, torch.randint(10, cfg.vocab_size, (1, prompt_len)).tolist(), new_tokens, repeats)
+            rows.append(dict(scale=s, hidden=cfg.hidden_size, model=name, mb_per_token=decode_bytes(cfg) / 2**20,
+                             ms_per_token=t['decode_s'] / (new_tokens - 1) * 1e3))
+    return rows
+
+# %% ../nbs/82_inference_cost.ipynb #c307d24e
+def fit_decode(rows:list[dict], # from `measure_decode`
+              )->dict:
+    "Fit ms/token = fixed + MB/bandwidth on the dense rows; the MoE's extra fixed cost (routing and dispatch) is its mean residual."
+    d = [r for r in rows if r['model'] != 'moe']
+    slope, fixed = np.polyfit([r['mb_per_token'] for r in d], [r['ms_per_token'] for r in d], 1)
+    extra = float(np.mean([r['ms_per_token'] - fixed - slope * r['mb_per_token'] for r in rows if r['model'] == 'moe']))
+    return dict(gb_per_s=1 / slope / 1.024 / 1.024 / 1.024, fixed_ms=float(fixed), moe_extra_ms=extra, ms_per_mb=float(slope))
+
+def predict_ms(fit:dict, # from `fit_decode`
+               cfg:CompassConfig, # any of the three models
+              )->float:
+    "Predicted decode ms/token: fixed cost (+ the MoE's routing cost) + bytes read / bandwidth."
+    return fit['fixed_ms'] + (fit['moe_extra_ms'] if cfg.n_routed_experts else 0) + fit['ms_per_mb'] * decode_bytes(cfg) / 2**20
+
+# %% ../nbs/82_inference_cost.ipynb #ff2aaa00
+def crossover(fit:dict, # from `fit_decode`
+              preset:str='laptop',
+              max_scale:int=256, # search widths 1..max_scale
+             )->dict:
+    "The smallest width at which the fitted MoE decodes faster than the dense model of equal total size, and its speed ratios there."
+    for s in range(1, max_scale + 1):
+        c = scaled_configs(preset, s)
+        t = {k: predict_ms(fit, v) for k, v in c.items()}
+        if t['moe'] < t['dense_total']:
+            return dict(scale=s, hidden=c['moe'].hidden_size, vs_total=t['dense_total'] / t['moe'], vs_active=t['dense_active'] / t['moe'])
+    return dict(scale=None, hidden=None, vs_total=None, vs_active=None)

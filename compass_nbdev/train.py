@@ -141,8 +141,8 @@ TRAIN_PRESETS:dict = add_presets('train', {  # this stage's section of the run p
                    log_every=5, save_every=50, eval_every=0, val_max_docs=24),
     'gpu-small': dict(model='gpu-small', micro_batch_size=32, grad_accum=4, phases=_recipe((20000, 2000, 500), 1024, 1e-3, 1000, 5e6),
                       log_every=20, save_every=1000, eval_every=1000, val_max_docs=200, keep_last=3),
-    'compass-v2': dict(model='compass-v2', micro_batch_size=4, grad_accum=64, phases=_recipe((100000, 10000, 2000), 4096, 3e-4, 2000, 1e7),
-                       log_every=10, save_every=1000, eval_every=1000, val_max_docs=500, keep_last=3),   # for reference; not run here
+    'compass-v2': dict(model='compass-v2', micro_batch_size=4, grad_accum=64, phases=_recipe((100000, 50000, 2000), 4096, 3e-4, 2000, 1e7),
+                       log_every=10, save_every=1000, eval_every=1000, val_max_docs=500, keep_last=3),   # pretrain:anneal 2:1 as the report's 8T:4T; not run here
 })
 
 def train_config(preset:str|dict|TrainConfig='tiny', # a preset name, a dict of fields, or a config

@@ -14,7 +14,7 @@ import compass_nbdev.tokenizer as tkmod
 
 SYN = synthetic_corpus(60, seed=0)
 TEXTS = [r['text'] for r in SYN]
-GENERAL = ['en', 'zh', 'id', 'ms', 'th', 'vi', 'tl']
+GENERAL = ['en', 'zh', 'id', 'ms', 'th', 'vi', 'tl', 'pt']
 
 @pytest.fixture(scope='module')
 def trained():
@@ -177,10 +177,19 @@ def test_stages(tmp_path):
     with pytest.raises(CompassError, match='data_dir'): eval_tokenizer_stage(tmp_path/'run'/'tokenizer', tmp_path/'nowhere', tmp_path/'x.json', peers=[])
 
 def test_headline():
-    r = lambda v, zh=None: {l: {'bytes_per_token': (zh if l == 'zh' and zh else v)} for l in ['th', 'vi', 'id', 'ms', 'tl', 'en', 'zh']}
-    h = headline({'merged': r(6.0), 'qwen': r(4.0, zh=6.5), 'tekken': r(5.0)})
-    assert h['sea_best_peer'] == 'tekken' and h['sea_ratio'] == pytest.approx(1.2)
+    langs = ['th', 'vi', 'id', 'ms', 'tl', 'pt', 'en', 'zh']
+    r = lambda v, zh=None, pt=None: {l: {'bytes_per_token': {'zh': zh, 'pt': pt}.get(l) or v} for l in langs}
+    h = headline({'merged': r(6.0, pt=3.0), 'qwen': r(4.0, zh=6.5), 'tekken': r(5.0, pt=4.0)})
+    assert h['sea_best_peer'] == 'tekken' and h['sea_ratio'] == pytest.approx((5 * 6.0 + 3.0) / (5 * 5.0 + 4.0))  # pt counts
     assert h['zh_best_peer'] == 'qwen' and h['en_zh_ratio'] == pytest.approx(6.0 / 6.5)
+    assert h['pt_ratio'] == pytest.approx(3.0 / 4.0)  # Portuguese against Tekken
+    assert 'pt_ratio' not in headline({'merged': r(6.0), 'qwen': r(4.0)})  # no Tekken, no pt target
+
+def test_pt_in_general():
+    "Portuguese is in the general sub-tokenizer with zh, en and the SEA languages, as in the report; not in 'other'."
+    g = TokenizerConfig().groups
+    assert 'pt' in g['general'] and 'pt' not in g['other'] and set(GENERAL) == set(g['general'])
+    assert TokenizerConfig.preset('compass-v2').sizes['general'] >= 150_000
 
 @pytest.mark.skipif(importlib.util.find_spec('tiktoken') is None or importlib.util.find_spec('dashscope') is None,
                     reason='peers extra not installed')
