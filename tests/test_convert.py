@@ -163,3 +163,18 @@ def test_cli_convert_both_ways_and_clear_refusal(tmp_path, capsys):
     err = capsys.readouterr().err
     assert 'compass: error: qk_norm' in err and 'Traceback' not in err and not (tmp_path/'q2').exists()
     assert main(['convert', str(tmp_path/'released'), str(tmp_path/'x'), '--to', 'qwen2_moe']) == 2
+
+
+def test_shared_output_is_what_the_layer_adds_beside_the_experts(tmp_path):
+    "The routing analysis (70_eval) splits a layer's output into `shared_output` and the routed part: true with a gate too."
+    from compass_nbdev.moe import route, experts_loop
+    m = CompassForCausalLM.from_pretrained(import_hf(save_random_hf('qwen2_moe', tmp_path/'src'), tmp_path/'c')).eval()
+    moe = m.moe_layers()[0]
+    assert moe.shared_gate is not None
+    x = torch.randn(7, 64)
+    with torch.no_grad():
+        y, aux = moe(x)
+        w, ids, _ = route(aux['logits'], moe.k, None, moe.renormalize)
+        routed = experts_loop(x, ids, w, moe.w_gate_up, moe.w_down)
+        torch.testing.assert_close(y, routed + moe.shared_output(x), atol=1e-6, rtol=1e-5)
+        assert not torch.allclose(moe.shared_output(x), moe.shared(x), atol=1e-4)   # the gate matters
