@@ -16,8 +16,9 @@ PAPER, ASSUMED, OURS = 'paper', 'assumed', 'our addition'
 
 def presets()->dict:
     "{preset: {section: fields}}: every preset table, read in one place (the ledger's only view of the presets)."
-    from compass_nbdev.cli import PRESETS as RUN  # the run presets hold the data/tokenizer/train/eval/sft sections
-    from compass_nbdev.model import PRESETS as MODEL
+    import compass_nbdev.cli  # importing every stage fills the one run-preset table, `core.PRESETS`
+    from compass_nbdev.core import PRESETS as RUN  # run preset -> data/tokenizer/train/eval/sft sections
+    from compass_nbdev.model import MODEL_PRESETS as MODEL
     out = {n: {**{s: dict(v) for s, v in RUN[n].items()}, 'model': MODEL[RUN[n]['train']['model']]} for n in RUN}
     for n, m in MODEL.items(): out.setdefault(n, {'model': m})  # model-only presets: the dense twins
     return out
@@ -163,9 +164,7 @@ def ledger_rows(names:tuple=('compass-v2', 'laptop'), # presets whose values are
              'our reason': why} for k, (st, src, why) in LEDGER.items()]
 
 # %% ../nbs/91_ledger.ipynb #19e91c70
-def _cell(v)->str:
-    s = f'{v:g}' if isinstance(v, float) else str(v)
-    return s.replace('|', '\\|')  # a pipe would end the markdown cell
+def _cell(v)->str: return f'{v:g}' if isinstance(v, float) else str(v)  # `md_table` escapes pipes
 
 def ledger_table(names:tuple=('compass-v2', 'laptop'), # presets whose values are shown
                  section:str|None=None, # only this section's rows ('model', 'tokenizer', ...); None: all
