@@ -8,16 +8,13 @@ Docs: https://compass-nbdev.github.io/compass_nbdev/quality.html.md"""
 from __future__ import annotations
 import numpy as np
 import pandas as pd
-from .core import ConfigError, get_logger
+from .core import ConfigError
 
 # %% auto #0
-__all__ = ['log', 'CURATED', 'NOISY', 'HEAD_CHARS', 'source_labels', 'featurize', 'train_split', 'fit_classifier', 'rank_by_lang',
+__all__ = ['CURATED', 'NOISY', 'HEAD_CHARS', 'source_labels', 'featurize', 'train_split', 'fit_classifier', 'rank_by_lang',
            'quality_scores']
 
-# %% ../nbs/13_quality.ipynb #73b8101b
-log = get_logger('quality')
-
-# %% ../nbs/13_quality.ipynb #a9b0feb5
+# %% ../nbs/13_quality.ipynb #b0bacfd5
 CURATED = ('bbc_news_2225', 'reuters21578_newswire', 'mesolitica_id_news', 'mesolitica_ms_articles',  # news
            'mesolitica_ms_news_2019', 'ud_newscrawl_devtest', 'baomoi_news', 'underthesea_unc_dantri_news',
            'wikipedia_en_fil_parallel_filipino_side',  # encyclopaedic
@@ -27,7 +24,7 @@ NOISY = ('shopee_reviews_train80',  # machine-translated reviews
          'indonlu_emot_tweets', 'filipino_tweets_election_yolanda_covid', 'wisesight_social',  # tweets, social posts
          'synthetic_review')  # the synthetic corpus's informal reviews
 
-# %% ../nbs/13_quality.ipynb #02a6bc0b
+# %% ../nbs/13_quality.ipynb #f0f1f6f2
 def source_labels(sources:list[str], # each document's source name
                   curated=CURATED, # sources labelled 1
                   noisy=NOISY, # sources labelled 0
@@ -37,7 +34,7 @@ def source_labels(sources:list[str], # each document's source name
     if (both := sorted(cur & noi)): raise ConfigError(f"sources in both the curated and the noisy list: {both}", 'quality_noisy')
     return np.array([1 if s in cur else 0 if s in noi else -1 for s in sources], np.int8)
 
-# %% ../nbs/13_quality.ipynb #beea5f5c
+# %% ../nbs/13_quality.ipynb #3baf1eac
 HEAD_CHARS = 500
 
 def featurize(texts:list[str], # normalized documents
@@ -49,7 +46,7 @@ def featurize(texts:list[str], # normalized documents
                            lowercase=False, norm='l2')
     return hv.transform([t[:HEAD_CHARS] for t in texts])
 
-# %% ../nbs/13_quality.ipynb #da67f410
+# %% ../nbs/13_quality.ipynb #ad92ce69
 def train_split(labels:np.ndarray, # from `source_labels`
                 langs:list[str], # each document's language
                 max_per_cell:int=2000, # at most this many training docs per (language, label)
@@ -66,7 +63,7 @@ def train_split(labels:np.ndarray, # from `source_labels`
     cat = lambda p: np.sort(np.concatenate(p)) if p else np.zeros(0, int)
     return cat(tr), cat(te)
 
-# %% ../nbs/13_quality.ipynb #13417f8b
+# %% ../nbs/13_quality.ipynb #c6cad1db
 def fit_classifier(X, # features of the training documents (`featurize`)
                    y:np.ndarray, # their labels, 0 or 1
                    C:float=4.0, # inverse regularization strength
@@ -76,19 +73,19 @@ def fit_classifier(X, # features of the training documents (`featurize`)
     if len(set(y.tolist())) < 2: raise ConfigError("needs training documents of both classes (curated and noisy)", 'quality_curated')
     return LogisticRegression(C=C, max_iter=1000, class_weight='balanced').fit(X, y)
 
-# %% ../nbs/13_quality.ipynb #277551c4
+# %% ../nbs/13_quality.ipynb #83639108
 def rank_by_lang(p:np.ndarray, # raw scores
                  langs:list[str], # each document's language
                 )->np.ndarray:
     "Each score's percentile among its language's documents, in (0, 1] (ties share the average rank)."
     return pd.Series(np.asarray(p, float)).groupby(np.asarray(langs, object)).rank(pct=True).to_numpy()
 
-# %% ../nbs/13_quality.ipynb #5d85cedf
+# %% ../nbs/13_quality.ipynb #96b11794
 def _auc(y, p)->float|None:
     from sklearn.metrics import roc_auc_score
     return round(float(roc_auc_score(y, p)), 4) if len(set(y.tolist())) == 2 else None
 
-# %% ../nbs/13_quality.ipynb #ae1c867e
+# %% ../nbs/13_quality.ipynb #9e75dd28
 def quality_scores(texts:list[str], # normalized documents
                    langs:list[str], # their languages
                    sources:list[str], # their source names (labels come from these)
