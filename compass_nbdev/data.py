@@ -74,8 +74,19 @@ class DataConfig(Config):
     mix_alpha:float=setting(0.3, gt=0, le=1)  # language sampling p ∝ n^alpha (1 = natural, → 0 = uniform)
     mix_unit:str=setting('bytes', choices=('bytes','docs'))  # what n counts
     ecommerce_share:float|None=setting(None, ge=0, le=1)  # share of each language's mass given to e-commerce; None = natural
+    quality_score:bool=True  # score kept docs with the quality classifier (13_quality); needs curated and noisy sources
+    quality_threshold:float|None=setting(None, ge=0, le=1)  # remove docs scoring below this ('low_quality'); None = keep all
+    quality_scale:str=setting('rank', choices=('rank','prob'))  # score = percentile within the language, or the raw probability
+    quality_curated:list[str]|None=None  # sources labelled curated; None = `quality.CURATED`
+    quality_noisy:list[str]|None=None  # sources labelled noisy; None = `quality.NOISY`
     seed:int=setting(0, ge=0)  # seeds sampling and MinHash permutations
     num_proc:int=setting(2, ge=1)  # worker processes for cleaning and MinHash
+
+    def validate(self):
+        if self.quality_threshold is not None and not self.quality_score:
+            raise ConfigError("a threshold needs quality_score=True", 'quality_threshold')
+        if (both := sorted(set(self.quality_curated or ()) & set(self.quality_noisy or ()))):
+            raise ConfigError(f"sources in both the curated and the noisy list: {both}", 'quality_noisy')
 
     def rules(self, lang:str)->ScriptRules:
         "The `ScriptRules` for `lang`'s script."
@@ -555,7 +566,7 @@ def near_duplicates(sig:np.ndarray, # (n_docs, num_perm) MinHash signatures
     return np.array([find(i) != i for i in range(n)], bool)
 
 # %% ../nbs/11_data.ipynb #8ce5640c
-REASONS = ['too_short', 'too_long', 'few_words', 'symbols', 'digits', 'repetition', 'lang_mismatch', 'exact_dup', 'near_dup']
+REASONS = ['too_short', 'too_long', 'few_words', 'symbols', 'digits', 'repetition', 'lang_mismatch', 'exact_dup', 'near_dup', 'low_quality']
 
 @dataclass
 class CleanReport:
@@ -565,6 +576,7 @@ class CleanReport:
     seconds:dict  # wall-clock seconds per stage
     skipped:int=0  # bad records skipped while loading (on_error='skip')
     cpu_seconds:dict=field(default_factory=dict)  # CPU seconds per stage, main process + its workers
+    quality:dict=field(default_factory=dict)  # the quality classifier's training sizes and held-out AUC (see `quality_scores`)
 
     def table(self, by=('lang',), unit:str='docs')->pd.DataFrame:
         "Kept and removed (per reason) `unit` ('docs' or 'bytes') grouped by `by` (e.g. ('lang','source'))."
@@ -582,7 +594,7 @@ class CleanReport:
                 'kept_bytes': int(d.bytes[d.reason.isna()].sum()), 'removed_docs': len(rm), 'removed_bytes': int(rm.bytes.sum()),
                 'removed_by_reason': {r: {'docs': int((rm.reason == r).sum()), 'bytes': int(rm.bytes[rm.reason == r].sum())}
                                       for r in REASONS if (rm.reason == r).any()},
-                'lang_flagged': int((d.reason.isna() & d.detected.notna()).sum()), 'skipped_records': self.skipped,
+                'lang_flagged': int((d.reason.isna() & d.detected.notna()).sum()), 'skipped_records': self.skipped, 'quality': self.quality,
                 'seconds': {k: round(v, 2) for k,v in self.seconds.items()},
                 'cpu_seconds': {k: round(v, 2) for k,v in self.cpu_seconds.items()}}
 
@@ -633,6 +645,20 @@ def _mark_near_dups(norm:list[str], langs:list[str], reason:list, cfg:DataConfig
     for i in np.asarray(cand, dtype=int)[near_duplicates(sig, cfg.near_dup_threshold)]: reason[i] = 'near_dup'
     timer('lsh')
 
+# %% ../nbs/11_data.ipynb #a1c0e7f3
+def _score_quality(norm:list[str], langs:list[str], sources:list[str], reason:list, cfg:DataConfig)->tuple[list, dict]:
+    "Quality scores of the kept documents (None elsewhere) and the classifier's info; below the threshold: 'low_quality' (in place)."
+    from compass_nbdev import quality as Q
+    keep = [i for i in range(len(norm)) if reason[i] is None]
+    s, info = Q.quality_scores([norm[i] for i in keep], [langs[i] for i in keep], [sources[i] for i in keep],
+                               cfg.quality_curated or Q.CURATED, cfg.quality_noisy or Q.NOISY, cfg.quality_scale, seed=cfg.seed)
+    if s is None: log.warning("quality classifier: %s; documents are not scored", info['skipped']); return [None] * len(norm), info
+    out = [None] * len(norm)
+    for i, v in zip(keep, s.tolist()):
+        out[i] = round(v, 4)
+        if cfg.quality_threshold is not None and v < cfg.quality_threshold: reason[i] = 'low_quality'
+    return out, info
+
 # %% ../nbs/11_data.ipynb #84e99329
 def clean_corpus(ds, # a corpus from `load_corpus`
                  cfg:DataConfig|None=None, # settings
@@ -651,14 +677,18 @@ def clean_corpus(ds, # a corpus from `load_corpus`
     if cfg.exact_dedup: _mark_exact_dups(norm, reason)
     timer('exact_dedup')
     if cfg.near_dup_threshold is not None: _mark_near_dups(norm, langs, reason, cfg, timer)
+    qual, qinfo = _score_quality(norm, langs, list(ds['source']), reason, cfg) if cfg.quality_score else ([None] * n, {})
+    timer('quality')
     nbytes = [len(t.encode('utf-8', 'surrogatepass')) for t in texts]
     docs = pd.DataFrame({'id': ids, 'lang': langs, 'source': list(ds['source']), 'domain': list(ds['domain']),
-                         'bytes': nbytes, 'reason': pd.array(reason, dtype=object), 'detected': pd.array(det, dtype=object)})
+                         'bytes': nbytes, 'reason': pd.array(reason, dtype=object), 'detected': pd.array(det, dtype=object),
+                         'quality': pd.array(qual, dtype=object)})
     keep = [i for i in range(n) if reason[i] is None]
     cols = {'id': ids, 'text': norm, 'lang': langs, 'domain': docs.domain.tolist(), 'source': docs.source.tolist()}
+    if any(q is not None for q in qual): cols['quality'] = qual
     kept = datasets.Dataset.from_dict({c: [v[i] for i in keep] for c,v in cols.items()})
     timer('report')
-    return kept, CleanReport(docs, {i: norm[i] for i in range(n) if reason[i] is not None}, timer.wall, skipped, timer.cpu)
+    return kept, CleanReport(docs, {i: norm[i] for i in range(n) if reason[i] is not None}, timer.wall, skipped, timer.cpu, qinfo)
 
 # %% ../nbs/11_data.ipynb #2cf3c653
 def _cell_counts(ds_or_counts, unit:str)->pd.DataFrame:
@@ -738,7 +768,8 @@ def _save_png(fig, path:str|Path|None, dpi:int):
 
 # %% ../nbs/11_data.ipynb #ce452fae
 _COLORS = {'kept': '#8fbc8f', 'too_short': '#1f77b4', 'too_long': '#aec7e8', 'few_words': '#9467bd', 'symbols': '#e377c2',
-           'digits': '#bcbd22', 'repetition': '#ff7f0e', 'lang_mismatch': '#d62728', 'exact_dup': '#7f7f7f', 'near_dup': '#c7c7c7'}
+           'digits': '#bcbd22', 'repetition': '#ff7f0e', 'lang_mismatch': '#d62728', 'exact_dup': '#7f7f7f', 'near_dup': '#c7c7c7',
+           'low_quality': '#8c564b'}
 
 def plot_report(rep:CleanReport, path:str|Path|None=None, dpi:int=90):
     "% of bytes removed by reason per language, and % of docs per source; saved to `path` if given."
@@ -802,6 +833,9 @@ def report_markdown(rep:CleanReport, # from `clean_corpus`
            f"({s['kept_bytes']:,} of {s['bytes_in']:,} bytes). Skipped bad records: {s['skipped_records']}. "
            f"Flagged (kept) language mismatches: {s['lang_flagged']}. "
            f"Documents split (over {cfg.max_doc_bytes} bytes): {load.get('split_docs', 0)}.\n"]
+    if (q := s.get('quality')) and 'heldout_auc' in q:
+        out.append(f"Quality classifier (13_quality): trained on {q['train_docs']:,} documents, held-out AUC {q['heldout_auc']}; "
+                   f"threshold {cfg.quality_threshold} on the {cfg.quality_scale} score.\n")
     if load.get('ignored'): out.append("Ignored (not `corpus/<lang>/*.jsonl[.gz]`): " + ', '.join(f"`{p}`" for p in load['ignored']) + "\n")
     out += ["![report](report.png)\n"] + _removed_sections(rep)
     out += [f"\n## Mix (alpha={cfg.mix_alpha}, ecommerce_share={cfg.ecommerce_share}, unit={cfg.mix_unit})\n",
@@ -811,13 +845,13 @@ def report_markdown(rep:CleanReport, # from `clean_corpus`
 
 # %% ../nbs/11_data.ipynb #7dea7bca
 def write_clean(ds, out_dir:str|Path)->dict:
-    "Write a cleaned corpus as `out_dir/<lang>.jsonl.gz` (atomically); returns {lang: n_docs}."
+    "Write a cleaned corpus as `out_dir/<lang>.jsonl.gz` (atomically, with its `quality` scores if any); returns {lang: n_docs}."
     out_dir, counts = Path(out_dir), {}
-    cols = {c: list(ds[c]) for c in COLUMNS}
+    cols = {c: list(ds[c]) for c in COLUMNS + ['quality'] if c in ds.column_names}
     by_lang = defaultdict(list)
     for i,l in enumerate(cols['lang']): by_lang[l].append(i)
     for l, idx in by_lang.items():
-        lines = ''.join(json.dumps({c: cols[c][i] for c in COLUMNS}, ensure_ascii=False) + '\n' for i in idx)
+        lines = ''.join(json.dumps({c: v[i] for c, v in cols.items()}, ensure_ascii=False) + '\n' for i in idx)
         with atomic_write(out_dir/f'{l}.jsonl.gz', 'wb') as f, gzip.GzipFile(fileobj=f, mode='wb', mtime=0, compresslevel=3) as gz:
             gz.write(lines.encode('utf-8', 'surrogatepass'))
         counts[l] = len(idx)
@@ -834,7 +868,8 @@ def load_clean(clean_dir:str|Path, # a `clean/` folder written by `write_clean` 
     if langs is not None: files = [f for f in files if f.name[:-len('.jsonl.gz')] in langs]
     if not files: raise DataError("no cleaned corpus here (<lang>.jsonl.gz); run the data stage first (`compass data`)", str(clean_dir))
     rows = [r for f in files for r in read_jsonl(f, required=COLUMNS)]
-    return datasets.Dataset.from_dict({c: [r[c] for r in rows] for c in COLUMNS})
+    cols = COLUMNS + (['quality'] if rows and all('quality' in r for r in rows) else [])
+    return datasets.Dataset.from_dict({c: [r[c] for r in rows] for c in cols})
 
 # %% ../nbs/11_data.ipynb #2c91f0fa
 def _write_plots(out_dir:Path, rep:CleanReport, mw:pd.DataFrame):

@@ -24,21 +24,22 @@ from .model import CompassConfig, CompassForCausalLM, model_stats, MODEL_PRESETS
 from .balance import load_stats
 
 # %% auto #0
-__all__ = ['log', 'SCHEDULES', 'TRAIN_PRESETS', 'PEAK_BF16_FLOPS', 'LOSS_KEYS', 'RUN_ONLY_KEYS', 'PhaseConfig', 'TrainConfig',
-           'train_config', 'load_train_config', 'lr_at', 'load_docs', 'split_heldout', 'PackedData', 'load_mix',
-           'nll_windows', 'nll_sums', 'val_sums', 'val_bpb', 'expert_load_metrics', 'peak_flops', 'mfu', 'Callback',
-           'BatchSource', 'IterBatches', 'Learner', 'ProgressCB', 'MetricsCB', 'FnCB', 'StopAfterCB', 'CheckpointError',
-           'list_checkpoints', 'is_sharded', 'save_checkpoint', 'safe_load', 'verify_checkpoint', 'load_checkpoint',
-           'CheckpointCB', 'PackedBatches', 'load_tokenizer', 'make_accelerator', 'build_model', 'tokenizer_hash',
-           'TrainingDiverged', 'divergence_report', 'DivergenceCB', 'InterruptCB', 'fsdp_plugin', 'fsdp_wrap',
-           'distributed_mode', 'run_lock', 'mix_hash', 'check_resumable', 'clear_checkpoints', 'run',
-           'measure_throughput', 'plot_metrics', 'plot_expert_load']
+__all__ = ['log', 'SCHEDULES', 'QUALITY_TIERS', 'TRAIN_PRESETS', 'PEAK_BF16_FLOPS', 'LOSS_KEYS', 'RUN_ONLY_KEYS', 'PhaseConfig',
+           'TrainConfig', 'train_config', 'load_train_config', 'lr_at', 'load_docs', 'split_heldout', 'quality_tier',
+           'PackedData', 'load_mix', 'nll_windows', 'nll_sums', 'val_sums', 'val_bpb', 'expert_load_metrics',
+           'peak_flops', 'mfu', 'Callback', 'BatchSource', 'IterBatches', 'Learner', 'ProgressCB', 'MetricsCB', 'FnCB',
+           'StopAfterCB', 'CheckpointError', 'list_checkpoints', 'is_sharded', 'save_checkpoint', 'safe_load',
+           'verify_checkpoint', 'load_checkpoint', 'CheckpointCB', 'PackedBatches', 'load_tokenizer',
+           'make_accelerator', 'build_model', 'tokenizer_hash', 'TrainingDiverged', 'divergence_report', 'DivergenceCB',
+           'InterruptCB', 'fsdp_plugin', 'fsdp_wrap', 'distributed_mode', 'run_lock', 'mix_hash', 'check_resumable',
+           'clear_checkpoints', 'run', 'measure_throughput', 'plot_metrics', 'plot_expert_load']
 
 # %% ../nbs/60_train.ipynb #f7e2b1fd
 log = get_logger('train')
 
 # %% ../nbs/60_train.ipynb #08aacd80
 SCHEDULES = ('cosine', 'linear', 'constant')
+QUALITY_TIERS = ('high', 'low')  # documents by the data stage's quality score (unscored documents are in neither)
 
 @dataclass
 class PhaseConfig(Config):
@@ -52,6 +53,7 @@ class PhaseConfig(Config):
     min_lr_ratio:float = setting(0.1, ge=0, le=1)  # final lr as a fraction of `lr`
     mix:dict[str, float] = setting(factory=dict, ge=0)  # language -> multiplier on its natural token share
     domain_mix:dict[str, float] = setting(factory=dict, ge=0)  # domain -> multiplier (e.g. {'ecommerce': 2})
+    quality_mix:dict[str, float] = setting(factory=dict, ge=0)  # quality tier ('high' or 'low', see `TrainConfig.high_quality_min`) -> multiplier
     rope_theta:float|None = setting(None, gt=0)  # set the model's RoPE base from this phase on (None: keep)
 
     def validate(self):
@@ -59,6 +61,8 @@ class PhaseConfig(Config):
             raise ConfigError(f"must be between 0 and steps={self.steps}, got {self.warmup_steps}", 'warmup_steps')
         for k in self.mix:
             if k not in LANGS: raise ConfigError(f"unknown language code {k!r}; known: {', '.join(LANGS)}", f'mix.{k}')
+        for k in self.quality_mix:
+            if k not in QUALITY_TIERS: raise ConfigError(f"unknown quality tier {k!r}; choose from {', '.join(QUALITY_TIERS)}", f'quality_mix.{k}')
 
 # %% ../nbs/60_train.ipynb #826e5d9e
 @dataclass
@@ -73,6 +77,7 @@ class TrainConfig(Config):
     beta1:float = setting(0.9, ge=0, lt=1)  # AdamW betas
     beta2:float = setting(0.95, ge=0, lt=1)
     grad_clip:float = setting(1.0, ge=0)  # max global grad norm; 0 = no clipping
+    high_quality_min:float = setting(0.5, ge=0, le=1)  # a document whose data-stage `quality` score is at least this is in the 'high' tier
     seed:int = setting(0, ge=0)  # model init, data order, held-out split
     val_fraction:float = setting(0.05, gt=0, lt=1)  # held-out share of documents per language
     val_max_docs:int = setting(32, ge=1)  # at most this many held-out documents per language
@@ -130,7 +135,8 @@ def _recipe(steps:tuple, seq:int, lr:float, warm:int, theta:float)->list[dict]:
     s1, s2, s3 = steps
     return [dict(name='pretrain', steps=s1, seq_len=seq, lr=lr, warmup_steps=warm, schedule='cosine', min_lr_ratio=0.1),
             dict(name='anneal', steps=s2, seq_len=seq, lr=round(lr / 2, 8), warmup_steps=max(1, warm // 2), schedule='linear',
-                 min_lr_ratio=0.0, mix=_SEA_UP, domain_mix={'ecommerce': 2.0}),
+                 min_lr_ratio=0.0, mix=_SEA_UP, domain_mix={'ecommerce': 2.0},
+                 quality_mix={'high': 2.0}),   # the high-quality data, by the data stage's classifier (13_quality)
             dict(name='long_context', steps=s3, seq_len=2 * seq, lr=round(lr / 10, 8), warmup_steps=max(1, warm // 4),
                  schedule='cosine', min_lr_ratio=0.1, rope_theta=theta)]
 
@@ -224,17 +230,24 @@ def split_heldout(docs:list[dict], # from `load_docs`
     return train, val
 
 # %% ../nbs/60_train.ipynb #ba80c02c
+def quality_tier(q:float|None, # a document's quality score (None: not scored)
+                 cut:float=0.5, # scores at or above this are 'high'
+                )->str:
+    "'high', 'low', or 'all' for an unscored document."
+    return 'all' if q is None else 'high' if q >= cut else 'low'
+
 class PackedData:
-    "Training documents tokenized once into one EOS-separated stream per (language, domain) cell."
-    def __init__(self, docs:list[dict], # training documents (text, lang, domain)
+    "Training documents tokenized once into one EOS-separated stream per (language, domain, quality tier) cell."
+    def __init__(self, docs:list[dict], # training documents (text, lang, domain, and `quality` when scored)
                  tokenizer, # a `PreTrainedTokenizerFast` with an eos token
                  seed:int=0, # document order within each cell
                  mix:dict|None=None, # (lang, domain) -> share of the training tokens (the data stage's); None: natural shares
+                 high_quality_min:float=0.5, # quality score of the 'high' tier
                 ):
         eos = tokenizer.eos_token_id
         if eos is None: raise ConfigError("the tokenizer has no eos_token (needed as the document separator)", 'tokenizer')
         cells = defaultdict(list)
-        for d in docs: cells[(d['lang'], d.get('domain') or 'general')].append(d['text'])
+        for d in docs: cells[(d['lang'], d.get('domain') or 'general', quality_tier(d.get('quality'), high_quality_min))].append(d['text'])
         rng = np.random.default_rng(seed)
         self.cells, self.streams, self.eos = sorted(cells), [], eos
         for key in self.cells:
@@ -242,14 +255,18 @@ class PackedData:
             ids = tokenizer([texts[i] for i in rng.permutation(len(texts))], add_special_tokens=False)['input_ids']
             self.streams.append(np.fromiter(chain.from_iterable(x + [eos] for x in ids), dtype=np.int64))
         self.n_tokens = np.array([len(s) for s in self.streams])
-        self.base = self.n_tokens / self.n_tokens.sum() if mix is None else np.array([float(mix.get(c, 0.0)) for c in self.cells])
+        group = defaultdict(int)                     # tokens of each (lang, domain): its tiers share the data mix's weight
+        for (l, d, _), n in zip(self.cells, self.n_tokens): group[(l, d)] += n
+        self.base = (self.n_tokens / self.n_tokens.sum() if mix is None else
+                     np.array([float(mix.get((l, d), 0.0)) * n / group[(l, d)] for (l, d, _), n in zip(self.cells, self.n_tokens)]))
 
 
 # %% ../nbs/60_train.ipynb #ba80c02d
 @patch
 def weights(self:PackedData, phase:PhaseConfig)->np.ndarray:
-    "Sampling probability of each cell in `phase`: its base share (the data mix) × language and domain multipliers."
-    w = self.base * np.array([phase.mix.get(l, 1.0) * phase.domain_mix.get(d, 1.0) for l, d in self.cells])
+    "Sampling probability of each cell in `phase`: its base share (the data mix) × language, domain and quality-tier multipliers."
+    w = self.base * np.array([phase.mix.get(l, 1.0) * phase.domain_mix.get(d, 1.0) * phase.quality_mix.get(q, 1.0)
+                              for l, d, q in self.cells])
     if not w.sum() > 0: raise ConfigError("the mix gives every language/domain of the data weight 0", f'phases.{phase.name}.mix')
     return w / w.sum()
 
@@ -1061,11 +1078,11 @@ def _setup(cfg:TrainConfig, acc, tok, data, mix=None)->tuple:
     main = acc.is_main_process
     random.seed(cfg.seed); np.random.seed(cfg.seed)
     train_docs, val = split_heldout(load_docs(data), cfg.val_fraction, cfg.val_max_docs, cfg.seed)
-    packed = PackedData(train_docs, tok, cfg.seed, mix)
-    if mix is not None and main and (gone := sorted(set(packed.cells) - set(mix))):
+    packed = PackedData(train_docs, tok, cfg.seed, mix, cfg.high_quality_min)
+    if mix is not None and main and (gone := sorted({c[:2] for c in packed.cells} - set(mix))):
         log.warning("cells of the data without a data-mix weight (not sampled): %s", gone)
     for s in cfg.phases:
-        missing = sorted(set(s.mix) - {l for l, _ in packed.cells})
+        missing = sorted(set(s.mix) - {c[0] for c in packed.cells})
         if missing and main: log.warning("phase %s: mix names languages absent from the data: %s", s.name, missing)
     mode = distributed_mode(cfg, acc)
     if mode == 'single' and cfg.distributed == 'fsdp' and main: log.info("distributed='fsdp' with one process: nothing to shard")
