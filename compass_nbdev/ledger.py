@@ -98,6 +98,8 @@ train.phases.schedule | assumed | cosine decay in pretraining; re-warmup then de
 train.phases.min_lr_ratio | assumed | - | floor of the decay: 0.1, 0 at the end of the anneal
 train.phases.mix | assumed | annealing on high-quality SEA and e-commerce data | SEA languages x2 (pt x1.5) by name
 train.phases.domain_mix | assumed | annealing on high-quality SEA and e-commerce data | e-commerce x2 by name
+train.phases.quality_mix | assumed | annealing on high-quality data; model-based quality filtering | the high tier of the quality classifier x2 (13_quality)
+train.high_quality_min | ours | model-based quality filtering (the score itself is ours) | a quality score >= 0.5 puts a document in the high tier
 train.phases.rope_theta | ours | - | RoPE base raised for the long-context phase
 train.optimizer | assumed | AdamW with gradient clipping | betas, weight decay and the clip norm are ours
 train.micro_batch_size | assumed | - | batch size not given
