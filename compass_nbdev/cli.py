@@ -238,13 +238,31 @@ def _chat_parsers(sub):
         g.add_argument('--seed', type=int, default=0)
         if name == 'chat': g.add_argument('--system', default=None, help="a system message")
 
+# %% ../nbs/90_cli.ipynb #880bc184
+def _convert_parser(sub):
+    c = sub.add_parser('convert', help="convert a released MoE checkpoint (Qwen2-MoE, Qwen3-MoE, OLMoE) into Compass, or a Compass model out")
+    c.add_argument('src', help="a Hugging Face model folder, or a Compass model (or run) folder")
+    c.add_argument('out', help="the folder to write (replaced atomically)")
+    c.add_argument('--to', default=None, choices=('compass', 'qwen3_moe', 'qwen2_moe'),
+                   help="target layout (default: compass for a released model, qwen3_moe for a Compass one)")
+
+def _convert(a)->int:
+    from compass_nbdev.convert import import_hf, export_hf, LAYOUTS
+    cfg = Path(a.src)/'config.json'
+    kind = json.loads(cfg.read_text()).get('model_type') if cfg.is_file() else 'compass'   # a run folder: export_hf finds its model
+    if kind in LAYOUTS and a.to in (None, 'compass'): out = import_hf(a.src, a.out)
+    elif kind in LAYOUTS: raise CompassError(f"{a.src} is a {kind} checkpoint: convert it to compass first", '--to')
+    else: out = export_hf(a.src, a.out, a.to or 'qwen3_moe')
+    print(f"wrote {out}")
+    return 0
+
 # %% ../nbs/90_cli.ipynb #e0d93350
 def make_parser()->argparse.ArgumentParser:
     "The `compass` argument parser."
     p = argparse.ArgumentParser(prog='compass', description="Compass-v2 at small scale: data → tokenizer → MoE model → train → evaluate.")
     p.add_argument('-v', '--verbose', action='store_true', help="log progress")
     sub = p.add_subparsers(dest='cmd', required=True)
-    for add in (_run_dir_parsers, _synth_parser, _chat_parsers, _cards_parser, _serve_parser): add(sub)
+    for add in (_run_dir_parsers, _synth_parser, _chat_parsers, _cards_parser, _convert_parser, _serve_parser): add(sub)
     return p
 
 # %% ../nbs/90_cli.ipynb #31e5bfc5
@@ -323,6 +341,7 @@ def main(argv:list[str]|None=None)->int:
     try:
         if a.cmd == 'synth': return _synth(a)
         if a.cmd == 'cards': return _cards(a)
+        if a.cmd == 'convert': return _convert(a)
         if a.cmd in ('chat', 'generate'): return _chat(a)
         if a.cmd == 'serve': return _serve(a)
         cfg = _cfg_from_args(a)

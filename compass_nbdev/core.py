@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, fields, asdict, MISSING
 __all__ = ['LANGS', 'SEA_LANGS', 'DATA_DIR_ENV', 'SYNTHETIC', 'logger', 'CompassError', 'ConfigError', 'DataError',
            'atomic_write', 'atomic_write_text', 'atomic_write_json', 'atomic_dir', 'Lang', 'check_lang',
            'resolve_data_dir', 'setting', 'Config', 'load_config_file', 'md_table', 'time_calls', 'median_ms',
-           'get_logger']
+           'bench_record', 'get_logger']
 
 # %% ../nbs/00_core.ipynb #81b1cf7a
 class CompassError(ValueError):
@@ -285,6 +285,22 @@ def median_ms(ts:list[float])->float:
     "The median of a list of seconds, in milliseconds."
     s = sorted(ts); n = len(s)
     return (s[n // 2] if n % 2 else (s[n // 2 - 1] + s[n // 2]) / 2) * 1e3
+
+# %% ../nbs/00_core.ipynb #824f8a1e
+def bench_record(name:str, # the benchmark's name, the first word of its final line
+                 fields:dict, # the final line's key=value fields (and any extra detail)
+                 out_dir:str|Path='bench/results', # where `<name>.json` is (re)written
+                )->str:
+    "Write `out_dir/<name>.json` (fields + commit, date, machine, load) and return the line `name key=value ...`."
+    import platform, subprocess, datetime
+    try: commit = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], capture_output=True, text=True).stdout.strip()
+    except OSError: commit = ''
+    rec = {'name': name, **fields, 'commit': commit or None, 'machine': f"{platform.machine()} {os.cpu_count()} cores",
+           'date': datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC'),
+           'load': [round(x, 2) for x in os.getloadavg()] if hasattr(os, 'getloadavg') else None}
+    atomic_write_json(Path(out_dir)/f'{name}.json', rec)
+    fmt = lambda v: f'{v:.3f}' if isinstance(v, float) else str(v)
+    return name + ' ' + ' '.join(f'{k}={fmt(v)}' for k, v in fields.items() if not isinstance(v, (dict, list)))
 
 # %% ../nbs/00_core.ipynb #53d34365
 logger = logging.getLogger('compass_nbdev')

@@ -405,7 +405,7 @@ def _routing_hook(i:int, # the MoE layer's index
         x = inp[0].reshape(-1, inp[0].shape[-1]); y, aux = out
         keep, g = st['keep'], st['g']
         st['counts'][i, g] += np.bincount(aux['ids'][keep].reshape(-1).cpu().numpy(), minlength=st['counts'].shape[-1])
-        sh = mod.shared(x) if mod.shared is not None else torch.zeros_like(x)
+        sh = mod.shared_output(x) if mod.shared is not None else torch.zeros_like(x)   # gate included
         routed = y.reshape(-1, y.shape[-1]) - sh
         st['norms'][i, g, 0] += float(sh[keep].float().norm(dim=-1).sum())
         st['norms'][i, g, 1] += float(routed[keep].float().norm(dim=-1).sum())

@@ -57,6 +57,13 @@ def _check_moe(c):
     if not isinstance(c.fuse_lm_loss, bool): raise ConfigError(f"must be true or false, got {c.fuse_lm_loss!r}", 'fuse_lm_loss')
     check_choice(c.ops, 'ops')
 
+def _check_variants(c):
+    "The switches that released checkpoints need (`87_convert`): QK-norm style, attention biases, a shared-expert gate."
+    if c.qk_norm not in ('head', 'full', None): raise ConfigError(f"{c.qk_norm!r} is not allowed; choose one of 'head', 'full', None", 'qk_norm')
+    for k in ('qkv_bias', 'o_bias', 'shared_expert_gate'):
+        if not isinstance(getattr(c, k), bool): raise ConfigError(f"must be true or false, got {getattr(c, k)!r}", k)
+    if c.shared_expert_gate and not c.n_shared_experts: raise ConfigError("needs shared experts (n_shared_experts >= 1)", 'shared_expert_gate')
+
 # %% ../nbs/50_model.ipynb #2d4761da
 class CompassConfig(PretrainedConfig):
     "Configuration of a Compass MoE decoder."
@@ -76,6 +83,10 @@ class CompassConfig(PretrainedConfig):
                  dense_from:str|None=None, # for a dense counterpart: the MoE preset it matches
                  fuse_lm_loss:bool=True, # in training with labels: output head + loss in one op, `logits` is None
                  ops:str|dict='auto', # 'auto' | 'reference' | {op: name}: which implementation runs each op
+                 qk_norm:str|None='head', # RMSNorm of q and k: 'head' (per head, Qwen3), 'full' (whole projection, OLMoE), None
+                 qkv_bias:bool=False, # biases on the q, k, v projections (Qwen2)
+                 o_bias:bool=False, # a bias on the attention output projection
+                 shared_expert_gate:bool=False, # scale the shared experts per token by sigmoid(x·g) (Qwen2-MoE)
                  **kwargs):
         head_dim = head_dim or (hidden_size // num_attention_heads if num_attention_heads else 0)
         if intermediate_size is None:
@@ -90,13 +101,14 @@ class CompassConfig(PretrainedConfig):
         self.rope_theta, self.rms_norm_eps, self.max_position_embeddings = rope_theta, rms_norm_eps, max_position_embeddings
         self.initializer_range, self.use_cache, self.dense_from = initializer_range, use_cache, dense_from
         self.fuse_lm_loss, self.ops = fuse_lm_loss, ops
+        self.qk_norm, self.qkv_bias, self.o_bias, self.shared_expert_gate = qk_norm, qkv_bias, o_bias, shared_expert_gate
         kwargs.setdefault('bos_token_id', None); kwargs.setdefault('eos_token_id', None)
         super().__init__(tie_word_embeddings=tie_word_embeddings, **kwargs)
         self.validate()
 
     def validate(self):
         "Check every field and relation; raise `ConfigError` naming the key and the allowed values."
-        _check_shape(self); _check_moe(self)
+        _check_shape(self); _check_moe(self); _check_variants(self)
         check_balance_config(self.balance, self.balance_scope, self.aux_loss_alpha, self.z_loss_beta, self.bias_update_rate)
 
     def is_moe_layer(self, i:int)->bool:
@@ -189,19 +201,31 @@ class Attention(nn.Module):
     def __init__(self, c:CompassConfig, layer_idx:int):
         super().__init__()
         self.layer_idx, self.nh, self.nkv, self.hd, self.ops = layer_idx, c.num_attention_heads, c.num_key_value_heads, c.head_dim, c.ops
-        self.qkv = nn.Linear(c.hidden_size, (self.nh + 2 * self.nkv) * self.hd, bias=False)
-        self.o = nn.Linear(self.nh * self.hd, c.hidden_size, bias=False)
-        self.q_norm, self.k_norm = RMSNorm(self.hd, c.rms_norm_eps, c.ops), RMSNorm(self.hd, c.rms_norm_eps, c.ops)
+        self.qkv = nn.Linear(c.hidden_size, (self.nh + 2 * self.nkv) * self.hd, bias=c.qkv_bias)
+        self.o = nn.Linear(self.nh * self.hd, c.hidden_size, bias=c.o_bias)
+        self.qk_norm = c.qk_norm
+        if c.qk_norm == 'head': self.q_norm, self.k_norm = RMSNorm(self.hd, c.rms_norm_eps, c.ops), RMSNorm(self.hd, c.rms_norm_eps, c.ops)
+        if c.qk_norm == 'full':
+            self.q_norm, self.k_norm = RMSNorm(self.nh * self.hd, c.rms_norm_eps, c.ops), RMSNorm(self.nkv * self.hd, c.rms_norm_eps, c.ops)
 
     def forward(self, x:Tensor, cos:Tensor, sin:Tensor, mask:Tensor|None, cache:Cache|None=None):
         B, S, _ = x.shape
         qkv = self.qkv(x).view(B, S, -1, self.hd)
-        q, k, v = get_op('qk_norm_rope', x.device, self.ops)(qkv, self.q_norm.weight, self.k_norm.weight, cos, sin,
-                                                             self.nh, self.nkv, self.q_norm.eps)
+        if self.qk_norm == 'head': q, k, v = get_op('qk_norm_rope', x.device, self.ops)(
+            qkv, self.q_norm.weight, self.k_norm.weight, cos, sin, self.nh, self.nkv, self.q_norm.eps)
+        else: q, k, v = self._q_k_v(qkv, cos, sin)
         if cache is not None: k, v = cache.update(k, v, self.layer_idx)
         causal = mask is None and S > 1 and k.shape[2] == S
         y = get_op('attention', x.device, self.ops)(q, k, v, mask, causal)
         return self.o(y.transpose(1, 2).reshape(B, S, -1))
+
+    def _q_k_v(self, qkv:Tensor, cos:Tensor, sin:Tensor)->tuple:
+        "Split q, k, v and rotate q and k, with the whole q and k projections normalised first ('full') or not (None)."
+        B, S = qkv.shape[:2]
+        q, k, v = qkv.split([self.nh, self.nkv, self.nkv], dim=2)
+        if self.qk_norm == 'full': q, k = self.q_norm(q.reshape(B, S, -1)).view_as(q), self.k_norm(k.reshape(B, S, -1)).view_as(k)
+        rope = get_op('rope', qkv.device, self.ops)
+        return rope(q.transpose(1, 2), cos, sin), rope(k.transpose(1, 2), cos, sin), v.transpose(1, 2)
 
 # %% ../nbs/50_model.ipynb #c9ae227c
 def attention_mask_4d(attention_mask:Tensor|None, # (B, S_total) 1 = token, 0 = padding
@@ -241,7 +265,8 @@ class DecoderLayer(nn.Module):
         self.is_moe = c.is_moe_layer(layer_idx)
         self.ffn = CompassMoE(c.hidden_size, c.moe_intermediate_size, c.n_routed_experts, c.num_experts_per_tok,
                               c.n_shared_experts, c.norm_topk_prob, c.capacity_factor, c.moe_impl,
-                              use_bias=c.balance == 'aux_free', ops=c.ops) if self.is_moe else SwiGLU(c.hidden_size, c.intermediate_size)
+                              use_bias=c.balance == 'aux_free', ops=c.ops,
+                              shared_gate=c.shared_expert_gate) if self.is_moe else SwiGLU(c.hidden_size, c.intermediate_size)
 
     def forward(self, x, cos, sin, mask, cache=None):
         x = x + self.attn(self.norm1(x), cos, sin, mask, cache)
@@ -437,13 +462,16 @@ def model_stats(config:CompassConfig, # any config (nothing is allocated)
     "Total and active parameters, training FLOPs per token and KV-cache bytes per token, from the config."
     c = config
     H, L, hd = c.hidden_size, c.num_hidden_layers, c.head_dim
-    attn = H * hd * (2 * c.num_attention_heads + 2 * c.num_key_value_heads) + 2 * hd   # q,k,v,o + q/k norms
+    qkv_out = (c.num_attention_heads + 2 * c.num_key_value_heads) * hd
+    qk_norms = {'head': 2 * hd, 'full': (c.num_attention_heads + c.num_key_value_heads) * hd, None: 0}[c.qk_norm]
+    attn = H * (qkv_out + c.num_attention_heads * hd) + qk_norms + c.qkv_bias * qkv_out + c.o_bias * H   # q,k,v,o + norms + biases
     norms = 2 * H
     dense_ffn = 3 * H * c.intermediate_size
     expert = 3 * H * c.moe_intermediate_size
     n_moe = sum(c.is_moe_layer(i) for i in range(L))
-    moe_total = (c.n_routed_experts + c.n_shared_experts) * expert + H * c.n_routed_experts
-    moe_active = (c.num_experts_per_tok + c.n_shared_experts) * expert + H * c.n_routed_experts
+    router = H * (c.n_routed_experts + c.shared_expert_gate)                # the router (and the shared gate's vector)
+    moe_total = (c.n_routed_experts + c.n_shared_experts) * expert + router
+    moe_active = (c.num_experts_per_tok + c.n_shared_experts) * expert + router
     emb = c.vocab_size * H
     head = 0 if c.tie_word_embeddings else emb
     body_total = L * (attn + norms) + (L - n_moe) * dense_ffn + n_moe * moe_total + H

@@ -194,7 +194,7 @@ class SwiGLU(nn.Module):
 
 # %% ../nbs/30_moe.ipynb #d26af87a
 class CompassMoE(nn.Module):
-    "Fine-grained routed experts + always-on shared experts."
+    "Fine-grained routed experts + always-on shared experts (optionally scaled by a per-token sigmoid gate)."
     def __init__(self, hidden_size:int, # H
                  expert_size:int, # F, the width of one expert
                  n_experts:int, # E routed experts
@@ -205,6 +205,7 @@ class CompassMoE(nn.Module):
                  impl:str='auto', # experts implementation name ('auto' = as `ops` says)
                  use_bias:bool=False, # aux-loss-free balancing bias in the selection
                  ops:str|dict='auto', # implementation choice for the ops `route` and `experts` (see `01_ops`)
+                 shared_gate:bool=False, # scale the shared output by sigmoid(x·g), one learned g (Qwen2-MoE)
                 ):
         super().__init__()
         if not 1 <= k <= n_experts: raise ConfigError(f"k={k} must be between 1 and the number of experts ({n_experts})", 'num_experts_per_tok')
@@ -214,11 +215,21 @@ class CompassMoE(nn.Module):
         self.w_gate_up = nn.Parameter(torch.empty(n_experts, hidden_size, 2 * expert_size))
         self.w_down = nn.Parameter(torch.empty(n_experts, expert_size, hidden_size))
         self.shared = SwiGLU(hidden_size, n_shared * expert_size) if n_shared else None
+        self.shared_gate = nn.Linear(hidden_size, 1, bias=False) if n_shared and shared_gate else None
         self.register_buffer('balance_bias', torch.zeros(n_experts))
         self.reset_parameters()
 
     def reset_parameters(self, std:float=0.02):
         for p in (self.w_gate_up, self.w_down): nn.init.normal_(p, std=std)
+
+    def _shared(self, x:Tensor, h:Tensor)->Tensor:
+        "The shared experts' output from their gate|up product `h`, times sigmoid(x·g) where gated."
+        y = self.shared.down(swiglu(h))
+        return y if self.shared_gate is None else torch.sigmoid(self.shared_gate(x)) * y
+
+    def shared_output(self, x:Tensor)->Tensor:
+        "What the shared experts add for the tokens `x` (T, H), gate included."
+        return self._shared(x, self.shared.gate_up(x))
 
     def forward(self, x:Tensor, # (..., H)
                )->tuple[Tensor, dict]:
@@ -232,6 +243,6 @@ class CompassMoE(nn.Module):
         if self.capacity_factor is not None: weights, _ = apply_capacity(ids, weights, self.E, self.capacity_factor)
         experts = get_op('experts', x.device, self.ops if self.impl == 'auto' else {'experts': self.impl})
         out = experts(x, ids, weights, self.w_gate_up, self.w_down)
-        if self.shared is not None: out = out + self.shared.down(swiglu(shared_h))
+        if self.shared is not None: out = out + self._shared(x, shared_h)
         counts = torch.bincount(ids.reshape(-1), minlength=self.E)
         return out.view(shape), dict(logits=logits, probs=probs, ids=ids, counts=counts)
