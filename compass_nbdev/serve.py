@@ -65,15 +65,15 @@ def check_servable(hf_config:dict, # a released-layout config.json
 # %% ../nbs/88_serve.ipynb #9457c43d
 def pick_layout(model_dir:Path, # a saved Compass model
                 layout:str='auto', # 'auto' (the first of HF_LAYOUTS that fits) or one of HF_LAYOUTS
-               )->str:
-    "The released layout to export to, or a `ConfigError` with every layout's reason."
+               )->dict:
+    "The released-layout `config.json` the model exports to, or a `ConfigError` with every layout's reason."
     from compass_nbdev.convert import hf_config_from_compass
     from compass_nbdev.model import CompassConfig
     if layout != 'auto' and layout not in HF_LAYOUTS:
         raise ConfigError(f"{layout!r} is not allowed; choose auto or one of {', '.join(HF_LAYOUTS)}", 'layout')
     c, why = CompassConfig.from_pretrained(model_dir), []
     for lay in (HF_LAYOUTS if layout == 'auto' else (layout,)):
-        try: hf_config_from_compass(c, lay); return lay
+        try: return hf_config_from_compass(c, lay)
         except ConfigError as e: why.append(f"{lay}: {e}")
     raise ConfigError("the model fits no layout vLLM serves: " + '; '.join(why), 'layout')
 
@@ -82,6 +82,8 @@ def serving_files(model_dir:str|Path, # a released-layout folder with our tokeni
                  ):
     "Make a folder ready for a server: chat template, special tokens not split, `<|im_end|>` and eos as stop tokens."
     d = Path(model_dir)
+    if not (d/'tokenizer.json').is_file() or not (d/'tokenizer_config.json').is_file():
+        raise CompassError("no tokenizer (tokenizer.json, tokenizer_config.json) beside the model; a server needs one", str(d))
     tc = json.loads((d/'tokenizer_config.json').read_text())
     atomic_write_json(d/'tokenizer_config.json', {**tc, 'split_special_tokens': False})
     if not (d/'chat_template.jinja').is_file() and 'chat_template' not in tc: (d/'chat_template.jinja').write_text(chat_template())
@@ -91,7 +93,11 @@ def serving_files(model_dir:str|Path, # a released-layout folder with our tokeni
     eos = [ids[IM_END]] + ([ids[tc['eos_token']]] if tc.get('eos_token') in ids else [])
     atomic_write_json(d/'generation_config.json', {**gc, 'eos_token_id': eos, 'pad_token_id': ids.get(tc.get('pad_token'))})
 
-# %% ../nbs/88_serve.ipynb #995b0fb4
+# %% ../nbs/88_serve.ipynb #de97a03a
+def _has_gpu()->bool:
+    import torch
+    return torch.cuda.is_available()
+
 def _weights_stamp(d:Path)->list:
     "Name, size and mtime of a folder's weight files: the export is redone when they change."
     return sorted([f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in d.glob('*.safetensors'))
@@ -100,10 +106,12 @@ def prepare_model(path:str|Path, # a run folder, a saved Compass model, or a rel
                   layout:str='auto', # export layout for a Compass model ('auto', 'qwen3_moe', 'qwen2_moe')
                   out_dir:str|Path|None=None, # where to export (default <parent>/serve/<name>_<layout>)
                  )->Path:
-    "A folder vLLM can serve: a released-layout model as it is, or a Compass model exported once (reused while its weights stay the same)."
+    "A folder vLLM can serve (checked): a released-layout model as it is, or a Compass model exported once (reused while its weights stay the same)."
     src, mtype = model_folder(path)
-    if mtype != 'compass': return src
-    lay = pick_layout(src, layout)
+    if mtype != 'compass':
+        check_servable(json.loads((src/'config.json').read_text()), on_cpu=not _has_gpu()); return src
+    hf = pick_layout(src, layout); lay = hf['model_type']
+    check_servable(hf, on_cpu=not _has_gpu())   # before the export, which may take long for a big model
     out = Path(out_dir) if out_dir else src.parent/'serve'/f'{src.name}_{lay}'
     stamp = {'source': str(src.resolve()), 'layout': lay, 'weights': _weights_stamp(src)}
     if (out/'serve_source.json').is_file() and json.loads((out/'serve_source.json').read_text()) == stamp: return out
@@ -178,7 +186,7 @@ def _stop(self:VLLMServer, timeout:float=30, # seconds to wait after SIGTERM bef
          )->int|None:
     "Stop the server and every process it started; its exit code (None if it was not running)."
     if self.proc is None or self.proc.poll() is not None: return None if self.proc is None else self.proc.returncode
-    os.killpg(self.proc.pid, signal.SIGTERM)
+    self.proc.terminate()                          # vLLM's own shutdown: the API server stops its engine and workers
     try: self.proc.wait(timeout)
     except subprocess.TimeoutExpired: log.warning("vLLM did not stop in %ss: killing it", timeout)
     try: os.killpg(self.proc.pid, signal.SIGKILL)   # whatever is left of the group (engine, workers)
@@ -238,12 +246,7 @@ def start_server(path:str|Path, # a run folder, a saved Compass model, or a rele
     "Prepare the model and start vLLM's server on it (not yet ready: call `wait_ready`, or use it in a `with`)."
     check_port(host, port)
     md = prepare_model(path, layout)
-    check_servable(json.loads((md/'config.json').read_text()), on_cpu=not _has_gpu())
     return VLLMServer(vllm_command(md, find_vllm_python(), host, port, name, dtype, extra), log_path)
-
-def _has_gpu()->bool:
-    import torch
-    return torch.cuda.is_available()
 
 # %% ../nbs/88_serve.ipynb #fc94576b
 def serve(path:str|Path, # see `start_server`
