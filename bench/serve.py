@@ -5,9 +5,9 @@
 The models are the `--preset` shapes with random weights (speed does not depend on what the weights learned): the MoE
 without shared experts (so it exports to Qwen3-MoE; `k` routed experts active), and its dense twin, a dense SwiGLU of
 width k x expert width (`bench/moe_vs_dense.py`'s `dense_twin_overrides`), so the active parameters match. The converter
-refuses dense models (`convert.export_hf`), yet a Qwen3-MoE config with `num_experts=0` *is* a dense model in
-transformers and vLLM alike, so the twin is written in that layout here from the converter's own pieces, and checked
-against the Compass model's logits. Prompts: chat-formatted synthetic e-commerce questions (fast mode); every request
+exports MoE models only (`convert.export_hf`; vLLM's Qwen3-MoE refuses a model without an MoE layer), and a dense
+Compass model with per-head QK-norm is exactly Qwen3 (dense): the twin is written in that layout here from the
+converter's own pieces (same tensor names), and checked against the Compass model's logits in transformers. Prompts: chat-formatted synthetic e-commerce questions (fast mode); every request
 decodes exactly `--new-tokens` tokens (stop tokens ignored on both sides). vLLM runs with `--enforce-eager` (its
 compile warm-up costs minutes on 2 CPUs) and `VLLM_CPU_KVCACHE_SPACE=1`.
 
@@ -48,7 +48,7 @@ def build(out:Path, preset:str)->dict:
 
 
 def export_dense(src:Path, dst:Path)->float:
-    "Write a dense Compass model as Qwen3-MoE with num_experts=0; returns the max |logit difference| in transformers."
+    "Write a dense Compass model in the Qwen3 (dense) layout; returns the max |logit difference| in transformers."
     import torch
     from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM
@@ -57,8 +57,8 @@ def export_dense(src:Path, dst:Path)->float:
     from compass_nbdev.model import CompassForCausalLM
     from compass_nbdev.serve import serving_files
     m = CompassForCausalLM.from_pretrained(src).eval()
-    hf = {**_hf_config(m.config, 'qwen3_moe'), 'dtype': 'float32'}
-    assert hf['num_experts'] == 0
+    hf = {**_hf_config(m.config, 'qwen3_moe'), 'dtype': 'float32', 'model_type': 'qwen3', 'architectures': ['Qwen3ForCausalLM']}
+    assert hf['num_experts'] == 0 and m.config.qk_norm == 'head'   # every layer dense; Qwen3 normalises q, k per head
     with atomic_dir(dst) as tmp:
         save_file(hf_state_dict(m.state_dict(), m.config, 'qwen3_moe'), tmp/'model.safetensors', metadata={'format': 'pt'})
         (tmp/'config.json').write_text(json.dumps(hf, indent=2))
@@ -81,6 +81,8 @@ def time_generate(model_dir:Path, ps:list, new:int, batch:int=16)->dict:
     "Our loop (`generate_ids`, stop tokens off) over the prompts in batches: tokens/s and requests/s."
     from compass_nbdev.generate import generate_ids
     from compass_nbdev.sft import load_chat_model
+    import torch
+    torch.set_num_threads(1)   # as vLLM's CPU worker runs (it keeps the other core for its API server); steadier on a shared CPU
     model, tok = load_chat_model(model_dir, 'cpu')
     generate_ids(model, ps[:2], 2, pad_id=tok.pad_token_id)                       # warm-up
     t0, toks = time.perf_counter(), 0
@@ -119,13 +121,13 @@ def main(argv=None):
     from compass_nbdev.sft import load_chat_model
     out, conc = Path(a.out or tempfile.mkdtemp(prefix='bench_serve_')), [int(c) for c in a.concurrency.split(',')]
     dirs = build(out, a.preset)
-    dense_diff = export_dense(dirs['dense'], out/'dense'/'serve'/'qwen3_moe_dense')
+    dense_diff = export_dense(dirs['dense'], out/'dense'/'serve'/'qwen3_dense')
     ps = prompts(load_chat_model(dirs['moe'], 'cpu')[1], a.prompts)
     res = {'generate': {}, 'server': {}, 'startup_s': {}}
     for name in ('moe', 'dense'):
         res['generate'][name] = time_generate(dirs[name], ps, a.new_tokens)
         print(f"{name}: compass generate {res['generate'][name]['tok_s']:.1f} tok/s", file=sys.stderr, flush=True)
-        target = dirs[name] if name == 'moe' else out/'dense'/'serve'/'qwen3_moe_dense'
+        target = dirs[name] if name == 'moe' else out/'dense'/'serve'/'qwen3_dense'
         srv = start_server(target, port=free_port(), extra=['--enforce-eager'], log_path=out/f'vllm_{name}.log')
         t0 = time.perf_counter(); srv.start()
         try:

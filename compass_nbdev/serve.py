@@ -191,6 +191,8 @@ def _stop(self:VLLMServer, timeout:float=30, # seconds to wait after SIGTERM bef
     except subprocess.TimeoutExpired: log.warning("vLLM did not stop in %ss: killing it", timeout)
     try: os.killpg(self.proc.pid, signal.SIGKILL)   # whatever is left of the group (engine, workers)
     except ProcessLookupError: pass
+    t0 = time.monotonic()
+    while live_processes(self.proc.pid) and time.monotonic() - t0 < 10: time.sleep(0.05)   # a kill takes effect soon, not at once
     return self.proc.wait()
 VLLMServer.stop = _stop
 
@@ -231,6 +233,7 @@ def check_port(host:str, port:int):
     import socket
     if not isinstance(port, int) or not 0 < port < 65536: raise ConfigError(f"must be in 1..65535, got {port!r}", '--port')
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)   # as servers do: a closed connection's TIME_WAIT is no obstacle
         try: s.bind((host, port))
         except OSError as e: raise CompassError(f"cannot listen on {host}:{port}: {e.strerror}", '--port') from None
 

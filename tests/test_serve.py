@@ -20,8 +20,8 @@ except CompassError as e: VLLM, WHY = None, str(e)
 needs_vllm = pytest.mark.skipif(VLLM is None, reason=f"vLLM cannot be used here: {WHY if VLLM is None else ''}")
 
 MODEL = "{head_dim: 32, n_shared_experts: 0}"
-SFT = ['--set', 'sft.steps=40', '--set', 'sft.lr=0.005', '--set', 'sft.batch_size=4', '--set', 'sft.seq_len=128',
-       '--set', 'sft.warmup_steps=4', '--set', 'sft.n_per_task=20']
+SFT = ['--set', 'sft.steps=60', '--set', 'sft.lr=0.005', '--set', 'sft.batch_size=4', '--set', 'sft.seq_len=256',
+       '--set', 'sft.warmup_steps=6', '--set', 'sft.n_per_task=20']   # seq_len 256 keeps the deep examples (128 drops most)
 PROMPTS = ['Is this review positive? "Great phone, fast delivery"', 'Apa kabar?', 'Xin chào, bạn khỏe không?',
            'Rate this review from 1 to 5: the box was broken', 'สวัสดีครับ']
 NEW = 16
@@ -113,8 +113,10 @@ def test_openai_client(server):
 @needs_vllm
 @pytest.mark.slow
 def test_plain_http_completion(server):
-    status, r = post_json(server.url, '/v1/completions', dict(model='compass', prompt='Harga barang ini', max_tokens=5, temperature=0))
-    assert status == 200 and r['choices'][0]['text'] and r['usage']['completion_tokens'] == 5, r
+    status, r = post_json(server.url, '/v1/completions', dict(model='compass', prompt='Harga barang ini', max_tokens=5, temperature=0,
+                                                              ignore_eos=True))
+    assert status == 200 and isinstance(r['choices'][0]['text'], str), r
+    assert r['usage']['completion_tokens'] == 5 and r['choices'][0]['finish_reason'] == 'length', r
 
 
 @needs_vllm
