@@ -142,11 +142,20 @@ def test_greedy_equals_compass_generate(server, ours, mode):
 
 @needs_vllm
 @pytest.mark.slow
-def test_deep_opens_a_think_block_fast_does_not(server):
-    for p in PROMPTS:
-        deep, fast = (served(server, p, m)['choices'][0]['message']['content'] for m in ('deep', 'fast'))
-        assert deep.startswith('<think>'), (p, deep)
-        assert '<think>' not in fast, (p, fast)
+def test_switch_reaches_the_model_and_think_blocks_match_our_loop(server, run_dir, ours):
+    """The deep and fast prompts differ exactly in the template's "Reasoning: deep|fast" line, and a served reply opens
+    (and closes) a think block exactly when our loop's does. (A tiny model trained in test time does not reliably
+    follow the switch, so "deep always opens a think block" is a property of a better-trained model, not asserted here.)"""
+    _, tok = load_chat_model(run_dir/'sft', 'cpu')
+    for o_fast, o_deep in zip(ours['fast'], ours['deep']):
+        p = o_fast['messages'][-1]['content']
+        r = {m: served(server, p, m) for m in ('fast', 'deep')}
+        text = {m: tok.decode(r[m]['prompt_token_ids']) for m in r}
+        assert text['deep'] == text['fast'].replace('Reasoning: fast', 'Reasoning: deep') != text['fast'], text
+        for m, o in (('fast', o_fast), ('deep', o_deep)):
+            content = r[m]['choices'][0]['message']['content']
+            assert ('<think>' in content, '</think>' in content.split('<think>', 1)[-1] if '<think>' in content else False) == \
+                   (o['think_open'], o['think_closed']), (m, p, content, o['text'])
 
 
 @needs_vllm
