@@ -256,8 +256,10 @@ def serve(path:str|Path, # see `start_server`
           timeout:float=900, # seconds to wait for the server to be ready
           **kw, # `start_server`'s options
          )->int:
-    "`compass serve`: run vLLM's server in the foreground until it exits or Ctrl-C; its exit code."
+    "`compass serve`: run vLLM's server in the foreground until it exits, Ctrl-C or SIGTERM; its exit code."
     srv = start_server(path, **kw).start()
+    def _interrupt(signum, frame): raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, _interrupt)   # a SIGTERM (a service manager's stop) stops vLLM too, never orphans it
     try:
         srv.wait_ready(timeout)
         print(f"compass: serving {srv.cmd[srv.cmd.index('--model') + 1]} as {kw.get('name', 'compass')!r} at {srv.url}/v1 "
