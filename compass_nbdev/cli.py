@@ -201,6 +201,21 @@ def _cards_parser(sub):
     c.add_argument('--cards-dir', default=None, help="the data_cards/ folder (default: found from the current folder)")
     c.add_argument('--data-dir', default=None, help="check against this data directory (default: $COMPASS_DATA_DIR)")
 
+# %% ../nbs/90_cli.ipynb #5e7a0b11
+def _serve_parser(sub):
+    s = sub.add_parser('serve', help="serve a model with vLLM's OpenAI-compatible server (install: tools/install_vllm.sh)")
+    s.add_argument('model', help="a run folder (its sft/, else model/), a saved Compass model, or a Qwen3-MoE/Qwen2-MoE folder")
+    s.add_argument('--host', default='127.0.0.1', help="address to listen on (default 127.0.0.1: this machine only)")
+    s.add_argument('--port', type=int, default=8000)
+    s.add_argument('--layout', default='auto', choices=('auto', 'qwen3_moe', 'qwen2_moe'), help="export layout of a Compass model")
+    s.add_argument('--served-name', default='compass', help="the model name clients ask for")
+    s.add_argument('--vllm-args', default='', help="more vLLM options in one string, e.g. '--enforce-eager --max-num-seqs 8'")
+
+def _serve(a)->int:
+    import shlex
+    from compass_nbdev.serve import serve
+    return serve(a.model, host=a.host, port=a.port, layout=a.layout, name=a.served_name, extra=shlex.split(a.vllm_args))
+
 # %% ../nbs/90_cli.ipynb #48508ea2
 def _chat_parsers(sub):
     "`compass chat` (a terminal session) and `compass generate` (a file of prompts); the same sampling options."
@@ -245,7 +260,7 @@ def make_parser()->argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog='compass', description="Compass-v2 at small scale: data → tokenizer → MoE model → train → evaluate.")
     p.add_argument('-v', '--verbose', action='store_true', help="log progress")
     sub = p.add_subparsers(dest='cmd', required=True)
-    for add in (_run_dir_parsers, _synth_parser, _chat_parsers, _cards_parser, _convert_parser): add(sub)
+    for add in (_run_dir_parsers, _synth_parser, _chat_parsers, _cards_parser, _convert_parser, _serve_parser): add(sub)
     return p
 
 # %% ../nbs/90_cli.ipynb #31e5bfc5
@@ -326,6 +341,7 @@ def main(argv:list[str]|None=None)->int:
         if a.cmd == 'cards': return _cards(a)
         if a.cmd == 'convert': return _convert(a)
         if a.cmd in ('chat', 'generate'): return _chat(a)
+        if a.cmd == 'serve': return _serve(a)
         cfg = _cfg_from_args(a)
         if a.cmd == 'config':
             print(yaml.safe_dump(cfg.to_dict(), sort_keys=False, allow_unicode=True), end='')
