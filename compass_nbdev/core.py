@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, fields, asdict, MISSING
 __all__ = ['LANGS', 'SEA_LANGS', 'DATA_DIR_ENV', 'SYNTHETIC', 'logger', 'CompassError', 'ConfigError', 'DataError',
            'atomic_write', 'atomic_write_text', 'atomic_write_json', 'atomic_dir', 'Lang', 'check_lang',
            'resolve_data_dir', 'setting', 'Config', 'load_config_file', 'md_table', 'time_calls', 'median_ms',
-           'get_logger']
+           'bench_record', 'get_logger']
 
 # %% ../nbs/00_core.ipynb #81b1cf7a
 class CompassError(ValueError):
@@ -285,6 +285,21 @@ def median_ms(ts:list[float])->float:
     "The median of a list of seconds, in milliseconds."
     s = sorted(ts); n = len(s)
     return (s[n // 2] if n % 2 else (s[n // 2 - 1] + s[n // 2]) / 2) * 1e3
+
+# %% ../nbs/00_core.ipynb #b3c4d5e6
+def bench_record(name:str, # the benchmark's name: the record is `out_dir/<name>.json`
+                 fields:dict, # what it measured
+                 out_dir:str|Path='bench/results', # where records live
+                )->dict:
+    "Write a benchmark record (atomically): `fields` plus commit, date, machine and load average; returns it."
+    import subprocess, platform, datetime
+    try: commit = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError): commit = None
+    rec = {'name': name, **fields, 'commit': commit, 'date': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
+           'machine': {'cpus': os.cpu_count(), 'platform': platform.platform(), 'python': platform.python_version()},
+           'loadavg': [round(x, 2) for x in os.getloadavg()]}
+    atomic_write_json(Path(out_dir)/f'{name}.json', rec)
+    return rec
 
 # %% ../nbs/00_core.ipynb #53d34365
 logger = logging.getLogger('compass_nbdev')
