@@ -1,10 +1,15 @@
-"""Benchmark the data stage (load + clean + dedup + report) on a whole data directory.
+"""Benchmark the data stage (load + clean + dedup + report) on a whole data directory: the lesson's `data.run` beside
+the datatrove pipeline (`pipeline.run`, local executor) with 1 and 2 workers, in the same invocation.
 
-Usage: python bench/data_pipeline.py DATA_DIR [--num-proc 2] [--out DIR] [--threshold 0.8] [--num-perm 128]
-Prints a per-stage breakdown, then exactly one summary line:
-data_pipeline seconds=<total> peak_mb=<peak memory: summed PSS of the process tree> kept_bytes=<n> removed_bytes=<n>
+Usage: python bench/data_pipeline.py DATA_DIR [--workers 2] [--threshold 0.8] [--num-perm 128] [--profile]
+(--profile: CPU seconds of normalize / quality rules / langid / MinHash on a sample; cProfile's per-call overhead
+would inflate langid's pure-Python loops, so parts are timed whole)
+Each run is a fresh subprocess (so each has its own peak memory). Prints a per-run breakdown on stderr, then exactly
+one summary line, for the pipeline at `--workers`:
+data_pipeline seconds= peak_mb= kept_bytes= removed_bytes= mb_per_s_per_core= ... (ratios to the lesson's run)
+and writes the record bench/results/data_pipeline.json (every run, the kept-id comparison, the load average).
 """
-import argparse, os, resource, sys, tempfile, threading, time
+import argparse, hashlib, json, os, resource, subprocess, sys, tempfile, threading, time
 from pathlib import Path
 
 class PeakRSS:
@@ -32,30 +37,70 @@ class PeakRSS:
         self._stop.set(); self._t.join()
         return max(self.peak, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2**20
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    ap.add_argument('data_dir'); ap.add_argument('--num-proc', type=int, default=2)
-    ap.add_argument('--out', default=None, help='run folder to write data/ into (default: a temporary dir)')
-    ap.add_argument('--threshold', type=float, default=0.8); ap.add_argument('--num-perm', type=int, default=128)
-    a = ap.parse_args(argv)
+def one(impl:str, workers:int, data_dir:str, threshold:float, num_perm:int)->dict:
+    "Run one implementation in this process; the measured fields and the kept ids' digest."
     import matplotlib; matplotlib.use('Agg')
-    from compass_nbdev.data import DataConfig, run
-    cfg = DataConfig(num_proc=a.num_proc, near_dup_threshold=a.threshold, num_perm=a.num_perm)
-    out = Path(a.out) if a.out else Path(tempfile.mkdtemp(prefix='data_bench_'))
+    from compass_nbdev import data, pipeline
+    cfg = data.DataConfig(num_proc=workers, near_dup_threshold=threshold, num_perm=num_perm)
+    out = Path(tempfile.mkdtemp(prefix=f'data_bench_{impl}_'))
     mem = PeakRSS()
     t0, c0 = time.perf_counter(), os.times()
-    s = run(cfg, out, a.data_dir)
+    s = (data.run if impl == 'lesson' else pipeline.run)(cfg, out, data_dir)
     total, c1 = time.perf_counter() - t0, os.times()
     peak = mem.stop()
     cpu = (c1.user - c0.user) + (c1.system - c0.system) + (c1.children_user - c0.children_user) + (c1.children_system - c0.children_system)
-    print(f"cpu seconds (main + workers) {cpu:.1f}; wall {total:.1f}; load average now {os.getloadavg()}", file=sys.stderr)
-    print(f"docs in {s['docs_in']:,}, kept {s['kept_docs']:,}; bytes in {s['bytes_in']:,}; output in {out/'data'}", file=sys.stderr)
-    print(f"  {'stage':<26}{'wall s':>8}{'cpu s':>8}", file=sys.stderr)
-    for k, v in s['seconds'].items(): print(f"  {k:<26}{v:8.2f}{s['cpu_seconds'].get(k, float('nan')):8.2f}", file=sys.stderr)
-    for r, v in s['removed_by_reason'].items(): print(f"  removed {r:<18}{v['docs']:8,} docs {v['bytes']:12,} bytes", file=sys.stderr)
+    ids = [json.loads(l)['id'] for p in sorted((out/'data'/'clean').glob('*.jsonl.gz')) for l in data.gzip.open(p, 'rt')]
+    return {'impl': impl, 'workers': workers, 'seconds': round(total, 2), 'cpu_seconds': round(cpu, 1), 'peak_mb': round(peak),
+            'bytes_in': s['bytes_in'], 'kept_docs': s['kept_docs'], 'kept_bytes': s['kept_bytes'], 'removed_bytes': s['removed_bytes'],
+            'removed_by_reason': s['removed_by_reason'], 'mb_per_s_per_core': round(s['bytes_in'] / 1e6 / total / workers, 3),
+            'stage_seconds': s['seconds'], 'kept_ids_sha1': hashlib.sha1('\n'.join(ids).encode()).hexdigest(),
+            'loadavg_after': [round(x, 2) for x in os.getloadavg()]}
+
+def profile_clean(data_dir:str, per_source:int=300)->dict:
+    "CPU seconds of each part of the clean step (normalize, quality rules, langid) on a seeded sample, one process."
+    from compass_nbdev import data
+    from compass_nbdev.core import LANGS
+    cfg = data.DataConfig(max_docs_per_source=per_source)
+    ds = data.load_corpus(data_dir, max_docs_per_source=per_source)
+    texts, langs = list(ds['text']), list(ds['lang'])
+    data.detect_lang('warm up the langid model, loaded once per process', 'en')
+    t = {}; c = time.process_time()
+    norm = [data.normalize_text(x, cfg.unicode_form) for x in texts]; t['normalize'] = time.process_time() - c; c = time.process_time()
+    sig = [data.quality_signals(x, LANGS[l].spaced, cfg.rules(l).rep_ngram) for x, l in zip(norm, langs)]; t['quality_signals'] = time.process_time() - c
+    c = time.process_time()
+    for x, l in zip(norm, langs): data.detect_lang(x, l, cfg.langid_min_prob, cfg.langid_min_chars, cfg.script_min_share)
+    t['langid'] = time.process_time() - c
+    c = time.process_time(); data.minhash_signatures(norm, [LANGS[l].spaced for l in langs], cfg.num_perm, cfg.ngram); t['minhash'] = time.process_time() - c
+    return {'docs': len(texts), 'mb': round(sum(len(x.encode()) for x in texts) / 1e6, 2), 'cpu_seconds': {k: round(v, 2) for k, v in t.items()}}
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    ap.add_argument('data_dir'); ap.add_argument('--workers', type=int, default=2)
+    ap.add_argument('--threshold', type=float, default=0.8); ap.add_argument('--num-perm', type=int, default=128)
+    ap.add_argument('--profile', action='store_true', help='also time the parts of the clean step on a sample (kept in the record)')
+    ap.add_argument('--one', nargs=2, metavar=('IMPL', 'WORKERS'), help=argparse.SUPPRESS)  # a child run
+    a = ap.parse_args(argv)
+    if a.one:
+        print(json.dumps(one(a.one[0], int(a.one[1]), a.data_dir, a.threshold, a.num_perm))); return
+    runs, W = {}, a.workers
+    for impl, w in (('lesson', W), ('pipeline', W), ('pipeline', 1)):
+        cmd = [sys.executable, __file__, a.data_dir, '--one', impl, str(w), '--threshold', str(a.threshold), '--num-perm', str(a.num_perm)]
+        out = subprocess.run(cmd, capture_output=True, text=True)
+        if out.returncode: sys.exit(f"{impl} x{w} failed:\n{out.stderr[-3000:]}")
+        r = runs[f'{impl}_w{w}'] = json.loads(out.stdout.strip().splitlines()[-1])
+        print(f"{impl:9} workers={w} seconds={r['seconds']} cpu={r['cpu_seconds']} peak_mb={r['peak_mb']} "
+              f"MB/s/core={r['mb_per_s_per_core']} load={r['loadavg_after']}", file=sys.stderr)
+    ref, p, p1 = runs[f'lesson_w{W}'], runs[f'pipeline_w{W}'], runs['pipeline_w1']
+    same = ref['kept_ids_sha1'] == p['kept_ids_sha1'] == p1['kept_ids_sha1'] and ref['removed_by_reason'] == p['removed_by_reason']
+    fields = {'seconds': p['seconds'], 'peak_mb': p['peak_mb'], 'kept_bytes': p['kept_bytes'], 'removed_bytes': p['removed_bytes'],
+              'mb_per_s_per_core': p['mb_per_s_per_core'], 'workers': W,
+              'per_core_vs_lesson': round(p['mb_per_s_per_core'] / ref['mb_per_s_per_core'], 2),
+              'speedup_vs_1_worker': round(p1['seconds'] / p['seconds'], 2), 'same_kept_ids': same}
     from compass_nbdev.core import write_record
-    rec = write_record('data_pipeline', dict(seconds=f'{total:.1f}', peak_mb=f'{peak:.0f}', kept_bytes=s['kept_bytes'],
-                                             removed_bytes=s['removed_bytes']), details=dict(seconds=s['seconds']))
+    extra = {'profile_clean': profile_clean(a.data_dir)} if a.profile else {}
+    if extra: print(f"clean step, CPU seconds by part: {extra['profile_clean']}", file=sys.stderr)
+    rec = write_record('data_pipeline', {k: f'{v:g}' if isinstance(v, float) else v for k, v in fields.items()},
+                       details={'runs': runs, **extra})
     print(rec['line'])
 
 if __name__ == '__main__': main()

@@ -13,7 +13,7 @@ from pathlib import Path
 import yaml
 from .core import Config, ConfigError, CompassError, atomic_write_text, load_config_file, resolve_data_dir, get_logger, SYNTHETIC, setting, PRESETS
 from .core import preset as core_preset
-from . import data, tokenizer
+from . import data, tokenizer, pipeline
 from .data import DataConfig
 from .tokenizer import TokenizerConfig, eval_tokenizer_stage
 from .train import TrainConfig
@@ -108,7 +108,7 @@ class RunDir:
 log = get_logger('cli')
 
 # %% ../nbs/90_cli.ipynb #2f63aa5a
-STAGES = {'data': data.run, 'tokenizer': tokenizer.run, 'train': train.run, 'eval': evaluate.run}  # `compass run` runs these in order
+STAGES = {'data': pipeline.run, 'tokenizer': tokenizer.run, 'train': train.run, 'eval': evaluate.run}  # `compass run` runs these in order; data: the datatrove pipeline (lesson 14)
 AFTER_STAGES = {'report': lambda cfg, run_dir: {'report': str(evaluate.report(run_dir))},
                 'sft': sft.run}  # run only when named: `compass report`, `compass sft`
 
@@ -187,6 +187,9 @@ def _run_dir_parsers(sub):
             sp.add_argument('action', nargs='?', default='train', choices=('train', 'eval'),
                             help="train (default), or eval: bytes per token on NTREX against peer tokenizers")
             sp.add_argument('--peers', default=None, help="comma-separated peer names for eval (default: every installed one; 'none' for none)")
+        if name in ('run', 'data'):
+            sp.add_argument('--workers', type=int, default=None, help="data stage: tasks run at once (data.num_proc)")
+            sp.add_argument('--executor', default=None, choices=('local', 'ray', 'slurm'), help="data stage: what runs the pipeline (data.executor)")
         if name in ('run', 'train'):
             sp.add_argument('--restart', action='store_true', help="train from step 0, deleting the run's checkpoints (after changing the config or tokenizer)")
 
@@ -270,6 +273,8 @@ def _cfg_from_args(a)->RunConfig:
     if a.data_dir: ov['data_dir'] = a.data_dir
     if a.name: ov['name'] = a.name
     if a.preset: ov['preset'] = a.preset
+    for opt, key in (('workers', 'num_proc'), ('executor', 'executor')):
+        if getattr(a, opt, None) is not None: ov.setdefault('data', {})[key] = getattr(a, opt)
     saved = RunDir(a.run_dir or Path('runs')/(a.name or 'laptop')).config_path
     if a.cmd not in ('run', 'config') and not (a.preset or a.config) and saved.is_file():
         return resolve_config('laptop', saved, ov)  # a later stage of an existing run: start from its saved configuration

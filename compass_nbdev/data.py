@@ -22,7 +22,7 @@ __all__ = ['log', 'DATA_PRESETS', 'COLUMNS', 'SIMP_ONLY', 'TRAD_ONLY', 'REASONS'
            'read_jsonl', 'split_doc', 'load_corpus', 'normalize_text', 'quality_signals', 'quality_reason',
            'variant_counts', 'chinese_variant', 'detect_lang', 'clean_doc', 'minhash_signatures', 'lsh_params',
            'near_duplicates', 'CleanReport', 'signatures_parallel', 'clean_corpus', 'mix_weights', 'sample_mix',
-           'plot_report', 'plot_mix', 'report_markdown', 'write_clean', 'load_clean', 'run']
+           'plot_report', 'plot_mix', 'report_markdown', 'write_clean', 'load_clean', 'write_stage', 'run']
 
 # %% ../nbs/11_data.ipynb #e8893a64
 log = get_logger('data')
@@ -80,7 +80,11 @@ class DataConfig(Config):
     quality_curated:list[str]|None=None  # sources labelled curated; None = `quality.CURATED`
     quality_noisy:list[str]|None=None  # sources labelled noisy; None = `quality.NOISY`
     seed:int=setting(0, ge=0)  # seeds sampling and MinHash permutations
-    num_proc:int=setting(2, ge=1)  # worker processes for cleaning and MinHash
+    num_proc:int=setting(2, ge=1)  # worker processes for cleaning and MinHash (the pipeline's workers, `compass data --workers`)
+    executor:str=setting('local', choices=('local','ray','slurm'))  # what runs the production pipeline (`pipeline.run`, lesson 14)
+    tasks:int|None=setting(None, ge=1)  # pipeline tasks (input shards); None = one per input file
+    slurm_partition:str='cpu'  # executor='slurm': the partition the job arrays go to
+    slurm_time:str='04:00:00'  # executor='slurm': time limit of each array task
 
     def validate(self):
         if self.quality_threshold is not None and not self.quality_score:
@@ -878,6 +882,30 @@ def _write_plots(out_dir:Path, rep:CleanReport, mw:pd.DataFrame):
     plt.close(plot_report(rep, out_dir/'report.png')); plt.close(plot_mix(mw, out_dir/'mix.png'))
     atomic_write_text(out_dir/'mix.csv', mw.to_csv(index=False))
 
+# %% ../nbs/11_data.ipynb #a7e3c1d2
+def write_stage(cfg:DataConfig, # the settings used
+                out_dir:Path, # the stage's folder, `run_dir/data`
+                kept, # the cleaned corpus (`datasets.Dataset`)
+                rep:CleanReport, # what cleaning removed
+                source:str, # where the corpus came from
+                st:dict, # `load_corpus`'s stats
+                timer:_StageTimer, # its 'write' stage is timed here
+                t0:float, # `time.perf_counter()` at the start of the stage
+               )->dict:
+    "Mix, plots, `clean/`, report.md and summary.json of a cleaned corpus (shared by `run` and the datatrove pipeline)."
+    mw = mix_weights(kept, cfg)
+    _write_plots(out_dir, rep, mw)
+    counts = write_clean(kept, out_dir/'clean')
+    timer('write'); rep.seconds['write'], rep.cpu_seconds['write'] = timer.wall['write'], timer.cpu['write']
+    atomic_write_text(out_dir/'report.md', report_markdown(rep, mw, cfg, source, st))
+    summary = {**rep.summary(), 'source': source, 'clean_docs_per_lang': counts, 'ignored_files': st['ignored'],
+               'split_docs': st['split_docs'], 'skipped_errors': [str(e) for e in st['skipped_errors'][:50]],
+               'mix': mw[['lang', 'domain', 'weight']].to_dict('records')}
+    atomic_write_json(out_dir/'summary.json', summary)
+    log.info("data stage: kept %d/%d docs in %.1fs", summary['kept_docs'], summary['docs_in'], time.perf_counter() - t0)
+    return summary
+
+
 # %% ../nbs/11_data.ipynb #c858f8c9
 def run(cfg:DataConfig|None=None, # data settings, or the whole run configuration (its `data` and `data_dir`)
         run_dir:str|Path='.', # the run folder: the stage writes `run_dir/data`
@@ -895,14 +923,5 @@ def run(cfg:DataConfig|None=None, # data settings, or the whole run configuratio
     kept, rep = clean_corpus(ds, cfg, skipped=st['skipped'])
     timer('clean')
     rep.seconds, rep.cpu_seconds = {'load': timer.wall['load'], **rep.seconds}, {'load': timer.cpu['load'], **rep.cpu_seconds}
-    mw = mix_weights(kept, cfg)
-    _write_plots(out_dir, rep, mw)
-    counts = write_clean(kept, out_dir/'clean')
-    timer('write'); rep.seconds['write'], rep.cpu_seconds['write'] = timer.wall['write'], timer.cpu['write']
-    atomic_write_text(out_dir/'report.md', report_markdown(rep, mw, cfg, source, st))
-    summary = {**rep.summary(), 'source': source, 'clean_docs_per_lang': counts, 'ignored_files': st['ignored'],
-               'split_docs': st['split_docs'], 'skipped_errors': [str(e) for e in st['skipped_errors'][:50]],
-               'mix': mw[['lang', 'domain', 'weight']].to_dict('records')}
-    atomic_write_json(out_dir/'summary.json', summary)
-    log.info("data stage: kept %d/%d docs in %.1fs", summary['kept_docs'], summary['docs_in'], time.perf_counter() - t0)
-    return summary
+    return write_stage(cfg, out_dir, kept, rep, source, st, timer, t0)
+
