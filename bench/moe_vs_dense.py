@@ -64,7 +64,7 @@ def main(argv=None):
     import os, torch
     from compass_nbdev.data import load_corpus
     from compass_nbdev.tokenizer import train_bpe, to_hf
-    from compass_nbdev.train import train_config, run as train_run, TRAIN_PRESETS, _read_metrics
+    from compass_nbdev.train import train_config, run as train_run, TRAIN_PRESETS, read_metrics
     from compass_nbdev.evaluate import bits_per_byte, load_model
     from compass_nbdev.model import CompassConfig, model_stats
     moe_ov, train_ov = json.loads(a.moe_overrides), json.loads(a.train_overrides)
@@ -108,7 +108,7 @@ def main(argv=None):
         summ = train_run(cfg, out/name, tok, data=docs, resume=False)
         model, mtok = load_model(out/name/'model')
         bpb = bits_per_byte(model, mtok, a.data_dir, limit=a.ntrex, n_boot=500)
-        curves[name] = [(r['global_step'], r['lm_loss']) for r in _read_metrics(out/name/'metrics.jsonl') if 'lm_loss' in r]
+        curves[name] = [(r['global_step'], r['lm_loss']) for r in read_metrics(out/name/'metrics.jsonl') if 'lm_loss' in r]
         res[name] = dict(params=st, overrides=ov, lr_scale=lrm, tokens=summ['tokens'], train_s=summ['seconds'],
                          wall_s=round(time.time() - t1, 1), final_lm_loss=curves[name][-1][1] if curves[name] else None,
                          mean_bpb=bpb['mean_bpb'], bpb={l: r['bpb'] for l, r in bpb['langs'].items()},

@@ -17,7 +17,7 @@ def one(preset:str, steps:int, vocab:int, out:Path):
     from tokenizers import Tokenizer, models, trainers, pre_tokenizers, decoders
     from transformers import PreTrainedTokenizerFast
     from compass_nbdev.synthetic import synthetic_corpus
-    from compass_nbdev.train import train_config, run as train_run, _read_metrics
+    from compass_nbdev.train import train_config, run as train_run, read_metrics
     data = synthetic_corpus(150, ['en', 'id', 'ms', 'th', 'vi', 'tl', 'zh'], seed=0)
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False); tok.decoder = decoders.ByteLevel()
@@ -30,9 +30,9 @@ def one(preset:str, steps:int, vocab:int, out:Path):
     c0 = time.process_time()
     s = train_run(cfg, out, tok, data, plots=False)
     cpu = time.process_time() - c0                                     # CPU seconds of all threads (load-independent-ish)
-    recs = _read_metrics(out/'metrics.jsonl')[1:]                      # drop the warm-up interval
-    toks = sum(r['tokens'] - p['tokens'] for p, r in zip(_read_metrics(out/'metrics.jsonl'), recs))
-    secs = sum((r['tokens'] - p['tokens']) / r['tokens_per_s'] for p, r in zip(_read_metrics(out/'metrics.jsonl'), recs))
+    recs = read_metrics(out/'metrics.jsonl')[1:]                      # drop the warm-up interval
+    toks = sum(r['tokens'] - p['tokens'] for p, r in zip(read_metrics(out/'metrics.jsonl'), recs))
+    secs = sum((r['tokens'] - p['tokens']) / r['tokens_per_s'] for p, r in zip(read_metrics(out/'metrics.jsonl'), recs))
     print('RESULT', json.dumps(dict(preset=preset, tokens_per_s=toks / secs, peak_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                                     final_loss=s['final_loss'], threads=torch.get_num_threads(),
                                     cpu_s_per_1k_tokens=1000 * cpu / s['tokens'], tokens=s['tokens'])), flush=True)

@@ -27,9 +27,9 @@ from .balance import load_stats
 __all__ = ['log', 'SCHEDULES', 'QUALITY_TIERS', 'TRAIN_PRESETS', 'PEAK_BF16_FLOPS', 'LOSS_KEYS', 'RUN_ONLY_KEYS', 'PhaseConfig',
            'TrainConfig', 'train_config', 'load_train_config', 'lr_at', 'load_docs', 'split_heldout', 'quality_tier',
            'PackedData', 'load_mix', 'nll_windows', 'nll_sums', 'val_sums', 'val_bpb', 'expert_load_metrics',
-           'peak_flops', 'mfu', 'Callback', 'BatchSource', 'IterBatches', 'Learner', 'ProgressCB', 'MetricsCB', 'FnCB',
-           'StopAfterCB', 'CheckpointError', 'list_checkpoints', 'is_sharded', 'save_checkpoint', 'safe_load',
-           'verify_checkpoint', 'load_checkpoint', 'CheckpointCB', 'PackedBatches', 'load_tokenizer',
+           'peak_flops', 'mfu', 'Callback', 'BatchSource', 'IterBatches', 'Learner', 'read_metrics', 'ProgressCB',
+           'MetricsCB', 'FnCB', 'StopAfterCB', 'CheckpointError', 'list_checkpoints', 'is_sharded', 'save_checkpoint',
+           'safe_load', 'verify_checkpoint', 'load_checkpoint', 'CheckpointCB', 'PackedBatches', 'load_tokenizer',
            'make_accelerator', 'build_model', 'tokenizer_hash', 'TrainingDiverged', 'divergence_report', 'DivergenceCB',
            'InterruptCB', 'fsdp_plugin', 'fsdp_wrap', 'distributed_mode', 'run_lock', 'mix_hash', 'check_resumable',
            'clear_checkpoints', 'run', 'measure_throughput', 'plot_metrics', 'plot_expert_load']
@@ -559,7 +559,9 @@ def one_step(self:Learner):
     if world > 1 and bool(red[-1] > 0): self.stop = 'interrupted'      # a Ctrl-C on any process (see `InterruptCB`)
 
 # %% ../nbs/60_train.ipynb #a0f3c021
-def _read_metrics(path:Path)->list[dict]:
+def read_metrics(path:Path, # a `metrics.jsonl` (of a run, or of SFT)
+                )->list[dict]:
+    "The logged records of a metrics file, one dict per line (none when the file does not exist yet)."
     if not path.is_file(): return []
     out = []
     for line in path.read_text().splitlines():
@@ -587,7 +589,7 @@ class MetricsCB(Callback):
     def before_fit(self, l):
         if l.acc.is_main_process:
             g = l.start['global_step']
-            keep = [r for r in _read_metrics(self.path) if r.get('global_step', 0) <= g] if g else []
+            keep = [r for r in read_metrics(self.path) if r.get('global_step', 0) <= g] if g else []
             atomic_write_text(self.path, ''.join(json.dumps(r) + '\n' for r in keep))
             self.file = open(self.path, 'a')
         self.peak = peak_flops(l.acc.device)
@@ -1163,7 +1165,7 @@ def _unsharded_copy(model, full_state:dict):
 
 def _finish(cfg, acc, raw, tok, run_dir, status, gstep, tokens, last_val, secs, plots)->dict:
     main = acc.is_main_process
-    recs = _read_metrics(run_dir/'metrics.jsonl') if main else []
+    recs = read_metrics(run_dir/'metrics.jsonl') if main else []
     summary = dict(status=status, global_step=gstep, tokens=tokens, seconds=round(secs, 1),
                    final_loss=next((r['lm_loss'] for r in reversed(recs) if 'lm_loss' in r), None),
                    val_bpb=last_val, checkpoint=str(list_checkpoints(run_dir/'checkpoints')[-1][1]) if list_checkpoints(run_dir/'checkpoints') else None,
@@ -1206,7 +1208,7 @@ def measure_throughput(tokenizer, # a tokenizer folder or object (its vocab is p
     cuda = torch.cuda.is_available() and not cfg.cpu
     if cuda: torch.cuda.reset_peak_memory_stats()
     s = run(cfg, run_dir, tokenizer, data, resume=False, plots=False)
-    recs = _read_metrics(run_dir/'metrics.jsonl')[warmup:]
+    recs = read_metrics(run_dir/'metrics.jsonl')[warmup:]
     med = lambda k: float(np.median([r[k] for r in recs])) if recs and all(k in r for r in recs) else None
     return dict(device=torch.cuda.get_device_name() if cuda else 'cpu', preset=preset, steps=steps,
                 tokens_per_step=cfg.micro_batch_size * cfg.grad_accum * st.seq_len, tokens_per_s=med('tokens_per_s'), mfu=med('mfu'),
@@ -1227,7 +1229,7 @@ def plot_metrics(recs:list[dict]|str|Path, # metric records, or a metrics.jsonl 
                 ):
     "Training loss (LM) per step with phase boundaries; validation bits/byte per language; learning rate."
     import matplotlib.pyplot as plt
-    recs = _read_metrics(Path(recs)) if isinstance(recs, (str, Path)) else recs
+    recs = read_metrics(Path(recs)) if isinstance(recs, (str, Path)) else recs
     fig, (a1, a2, a3) = plt.subplots(1, 3, figsize=(13, 3.2))
     x = [r['global_step'] for r in recs]
     a1.plot(x, [r['lm_loss'] for r in recs], label='LM loss'); a1.set_xlabel('step'); a1.set_ylabel('nats/token')
@@ -1245,7 +1247,7 @@ def plot_metrics(recs:list[dict]|str|Path, # metric records, or a metrics.jsonl 
 def plot_expert_load(recs:list[dict]|str|Path):
     "Expert load per MoE layer over training: max/mean and coefficient of variation (None for a dense model)."
     import matplotlib.pyplot as plt
-    recs = _read_metrics(Path(recs)) if isinstance(recs, (str, Path)) else recs
+    recs = read_metrics(Path(recs)) if isinstance(recs, (str, Path)) else recs
     recs = [r for r in recs if 'load_max_mean' in r]
     if not recs: return None
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.2))

@@ -10,7 +10,7 @@ from compass_nbdev.model import CompassConfig, CompassForCausalLM
 import compass_nbdev.train as T
 from compass_nbdev.train import (TrainConfig, PhaseConfig, TRAIN_PRESETS, train_config, lr_at, load_docs, split_heldout,
                                  PackedData, val_bpb, save_checkpoint, load_checkpoint, verify_checkpoint, list_checkpoints,
-                                 CheckpointError, TrainingDiverged, _read_metrics)
+                                 CheckpointError, TrainingDiverged, read_metrics)
 from compass_nbdev.train import run as train_run
 
 LANGS = ['en', 'id', 'th', 'vi', 'zh']
@@ -49,7 +49,7 @@ def reference(tmp_path_factory, tok_dir, data_file):
     s = train_run(SMALL, run, tok_dir, data_file, plots=False)
     return run, s
 
-def losses(run): return [(r['global_step'], r['loss'], r['lm_loss'], r['grad_norm']) for r in _read_metrics(Path(run)/'metrics.jsonl')]
+def losses(run): return [(r['global_step'], r['loss'], r['lm_loss'], r['grad_norm']) for r in read_metrics(Path(run)/'metrics.jsonl')]
 
 def same_losses(run, ref):
     a, b = losses(run), losses(ref)
@@ -170,7 +170,7 @@ def test_val_bpb_of_uniform_model(data, tok_dir):
 def test_phased_run_writes_the_run_folder(reference):
     run, s = reference
     assert s['status'] == 'done' and s['global_step'] == 12
-    recs = _read_metrics(run/'metrics.jsonl')
+    recs = read_metrics(run/'metrics.jsonl')
     assert [r['phase'] for r in recs] == ['pretrain'] * 6 + ['anneal'] * 4 + ['long'] * 2
     assert recs[-1]['tokens'] == 10 * 2 * 32 + 2 * 2 * 64
     assert min(r['lm_loss'] for r in recs[6:]) < recs[0]['lm_loss'] - 0.1     # learning (tiny steps: noisy)
@@ -307,7 +307,7 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path, tok_dir, d
     assert r.returncode == 0, r.stderr[-4000:]
     run1 = tmp_path/'one'                                               # 1 process x 2 micro-steps = 2 processes x 1
     train_run({**cfg, 'grad_accum': 2}, run1, tok_dir, data_file, plots=False)
-    a, b = _read_metrics(run1/'metrics.jsonl'), _read_metrics(run2/'metrics.jsonl')
+    a, b = read_metrics(run1/'metrics.jsonl'), read_metrics(run2/'metrics.jsonl')
     assert [r['global_step'] for r in a] == [r['global_step'] for r in b] == list(range(1, 11))
     for x, y in zip(a, b):
         assert x['tokens'] == y['tokens'] and x['loss'] == pytest.approx(y['loss'], rel=1e-4, abs=1e-5)
@@ -369,7 +369,7 @@ def test_fsdp_two_processes_match_one_and_resume_exactly(tmp_path, tok_dir, data
     assert all(torch.equal(a[k], b[k]) for k in a)
     one = tmp_path/'one'                                                # 1 process x 2 micro-steps = 2 FSDP processes x 1
     s = train_run({**cfg, 'grad_accum': 2}, one, tok_dir, data_file, plots=False)
-    x, y = _read_metrics(one/'metrics.jsonl'), _read_metrics(full/'metrics.jsonl')
+    x, y = read_metrics(one/'metrics.jsonl'), read_metrics(full/'metrics.jsonl')
     assert [r['global_step'] for r in x] == [r['global_step'] for r in y] == list(range(1, 7))
     for p, q in zip(x, y):
         assert p['tokens'] == q['tokens'] and p['loss'] == pytest.approx(q['loss'], rel=1e-5)    # seen: 1e-7
@@ -415,7 +415,7 @@ def test_fsdp_through_accelerates_own_prepare(tmp_path, tok_dir, data_file):
     assert json.loads(out.read_text()) == ['stopped', 'done', True]
     one = tmp_path/'one'
     train_run({**cfg, 'grad_accum': 2}, one, tok_dir, data_file, plots=False)
-    x, y = _read_metrics(one/'metrics.jsonl'), _read_metrics(run/'metrics.jsonl')
+    x, y = read_metrics(one/'metrics.jsonl'), read_metrics(run/'metrics.jsonl')
     assert [r['global_step'] for r in x] == [r['global_step'] for r in y] == list(range(1, 7))
     assert all(p['loss'] == pytest.approx(q['loss'], rel=1e-5) and p['grad_norm'] == pytest.approx(q['grad_norm'], rel=1e-5) for p, q in zip(x, y))
     m, ref = CompassForCausalLM.from_pretrained(run/'model'), CompassForCausalLM.from_pretrained(one/'model')
@@ -525,7 +525,7 @@ def test_mfu_and_peak_flops(monkeypatch):
 def test_measure_throughput_on_cpu(tok_dir, data, tmp_path):
     r = T.measure_throughput(tok_dir, 'tiny', steps=4, warmup=2, data=data, run_dir=tmp_path/'run')
     assert r['device'] == 'cpu' and r['mfu'] is None and r['tokens_per_s'] > 0 and r['tokens_per_step'] == 4 * 64
-    assert len(_read_metrics(tmp_path/'run'/'metrics.jsonl')) == 4 and math.isfinite(r['final_loss'])
+    assert len(read_metrics(tmp_path/'run'/'metrics.jsonl')) == 4 and math.isfinite(r['final_loss'])
     with pytest.raises(ConfigError, match='^steps:'): T.measure_throughput(tok_dir, 'tiny', steps=2, warmup=2)
 
 def test_flops_per_token_matches_torch_flop_counter():
