@@ -60,7 +60,8 @@ def check_model_overrides(overrides:dict, # `train.model_overrides`
 PRESETS = {
     'tiny':       {'data': {'synthetic_docs_per_lang': 40, 'max_docs_per_source': 300},
                    'tokenizer': TOKENIZER_PRESETS['tiny'], 'train': TRAIN_PRESETS['tiny'],
-                   'eval': {'tasks': ['belebele_th', 'sentiment_smsa_id'], 'bpb_limit': 16, 'task_limit': 8, 'probe': False, 'routing_n': 8},
+                   'eval': {'tasks': ['belebele_th', 'sentiment_smsa_id'], 'bpb_limit': 16, 'task_limit': 8, 'probe': False, 'routing_n': 8,
+                            'synthetic_n': 16, 'gen_tokens': 8},
                    'sft': {'steps': 8, 'seq_len': 128, 'batch_size': 4, 'warmup_steps': 2, 'n_per_task': 20, 'synthetic_per_lang': 6, 'log_every': 4}},
     'laptop':     {'data': {'synthetic_docs_per_lang': 400, 'max_docs_per_source': 3000},
                    'tokenizer': TOKENIZER_PRESETS['laptop'], 'train': TRAIN_PRESETS['laptop']},

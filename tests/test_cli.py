@@ -80,6 +80,9 @@ def test_sft_then_chat_and_generate_from_the_command_line(tmp_path):
     run = tmp_path/'run'
     r = compass('run', '--preset', 'tiny', '--data-dir', 'synthetic', '--run-dir', str(run))
     assert r.returncode == 0, r.stderr[-3000:]
+    md = (run/'report.md').read_text()   # the embedded corpus's own evaluation: bpb, tasks against chance, generations
+    for h in ('## The run', '## Bits per byte (synthetic held-out)', '| chance | majority |', 'synthetic_category_zh_Hant', '## Generations'):
+        assert h in md, h
     r = compass('sft', '--run-dir', str(run))  # no --preset: the run folder's saved (tiny) configuration is used
     assert r.returncode == 0, r.stderr[-3000:]
     assert (run/'sft'/'config.json').is_file() and (run/'sft'/'sft_summary.json').is_file()
