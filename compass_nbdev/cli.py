@@ -65,6 +65,8 @@ PRESETS = {
                    'sft': {'steps': 8, 'seq_len': 128, 'batch_size': 4, 'warmup_steps': 2, 'n_per_task': 20, 'synthetic_per_lang': 6, 'log_every': 4}},
     'laptop':     {'data': {'synthetic_docs_per_lang': 400, 'max_docs_per_source': 3000},
                    'tokenizer': TOKENIZER_PRESETS['laptop'], 'train': TRAIN_PRESETS['laptop']},
+    'laptop-long': {'data': {'synthetic_docs_per_lang': 1000, 'max_docs_per_source': 6000},   # about an hour on two cores (estimated)
+                   'tokenizer': TOKENIZER_PRESETS['laptop'], 'train': TRAIN_PRESETS['laptop-long']},
     'gpu-small':  {'data': {'synthetic_docs_per_lang': 2000, 'max_docs_per_source': None}, 'eval': {'bpb_limit': None, 'task_limit': None, 'probe_train': 2000},
                    'tokenizer': {**TOKENIZER_PRESETS['laptop'], 'vocab_size': 32768, 'sizes': {'general': 24576, 'other': 6144, 'zh': 12288}},
                    'train': TRAIN_PRESETS['gpu-small']},

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, fields, asdict, MISSING
 __all__ = ['LANGS', 'SEA_LANGS', 'DATA_DIR_ENV', 'SYNTHETIC', 'logger', 'CompassError', 'ConfigError', 'DataError',
            'atomic_write', 'atomic_write_text', 'atomic_write_json', 'atomic_dir', 'Lang', 'check_lang',
            'resolve_data_dir', 'setting', 'Config', 'load_config_file', 'md_table', 'time_calls', 'median_ms',
-           'get_logger']
+           'bench_record', 'get_logger']
 
 # %% ../nbs/00_core.ipynb #81b1cf7a
 class CompassError(ValueError):
@@ -285,6 +285,20 @@ def median_ms(ts:list[float])->float:
     "The median of a list of seconds, in milliseconds."
     s = sorted(ts); n = len(s)
     return (s[n // 2] if n % 2 else (s[n // 2 - 1] + s[n // 2]) / 2) * 1e3
+
+# %% ../nbs/00_core.ipynb #c14e7016
+def bench_record(name:str, # the benchmark's name: the printed line starts with it, the record is <name>.json
+                 fields:dict, # the measured values (JSON-serialisable)
+                 dest:str|Path='bench/results', # folder of the records
+                )->str:
+    "Write `dest/<name>.json` (fields + commit, date, machine, load average) atomically; return the `name key=value` line."
+    import platform, subprocess
+    try: commit = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], capture_output=True, text=True, timeout=10).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError): commit = None
+    rec = {**fields, 'commit': commit, 'date': time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime()),
+           'machine': f"{platform.node()} {platform.machine()} {os.cpu_count()} CPUs", 'loadavg': [round(x, 2) for x in os.getloadavg()]}
+    atomic_write_json(Path(dest)/f'{name}.json', rec)
+    return name + ' ' + ' '.join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in fields.items() if not isinstance(v, (dict, list)))
 
 # %% ../nbs/00_core.ipynb #53d34365
 logger = logging.getLogger('compass_nbdev')
