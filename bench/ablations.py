@@ -21,7 +21,7 @@ and writes the record bench/results/ablations.json (its `quick` and `preset` fie
 date, machine and load average; nbs/70_eval.ipynb shows its table.
 
     python bench/ablations.py DATA_DIR [--preset laptop] [--seeds 2] [--levers a,b] [--docs-per-source 2000] [--ntrex 300]
-    python bench/ablations.py DATA_DIR --quick      # the tiny preset on a few documents: a smoke test, not evidence
+    python bench/ablations.py DATA_DIR --quick [--levers baseline,first_dense]   # tiny preset, half its steps: a smoke test, not evidence
 """
 import argparse, json, statistics, sys, tempfile, time
 from pathlib import Path
@@ -54,10 +54,11 @@ def main(argv=None):
     ap.add_argument('--docs-per-source', type=int, default=2000)
     ap.add_argument('--ntrex', type=int, default=300, help='NTREX sentences per language')
     ap.add_argument('--vocab', type=int, default=8192)
-    ap.add_argument('--quick', action='store_true', help='tiny preset, 40 docs per source, 16 sentences, vocab 1024')
+    ap.add_argument('--steps-scale', type=float, default=1.0, help='multiply every phase length first (1.0: the preset)')
+    ap.add_argument('--quick', action='store_true', help='tiny preset at 0.5x steps, 40 docs per source, 16 sentences, vocab 1024')
     ap.add_argument('--out', default=None, help='work folder (default: a temporary one)')
     a = ap.parse_args(argv)
-    if a.quick: a.preset, a.docs_per_source, a.ntrex, a.vocab = 'tiny', 40, 16, 1024
+    if a.quick: a.preset, a.docs_per_source, a.ntrex, a.vocab, a.steps_scale = 'tiny', 40, 16, 1024, 0.5
     from compass_nbdev.core import bench_record
     from compass_nbdev.data import load_corpus
     from compass_nbdev.tokenizer import train_bpe, to_hf
@@ -66,7 +67,9 @@ def main(argv=None):
     out, t0 = Path(a.out or tempfile.mkdtemp(prefix='ablations_')), time.time()
     docs = load_corpus(a.data_dir, max_docs_per_source=a.docs_per_source, seed=0).to_list()
     tok = to_hf(train_bpe([d['text'] for d in docs], a.vocab))
-    table = levers(TRAIN_PRESETS[a.preset]['phases'], TRAIN_PRESETS[a.preset]['micro_batch_size'])
+    phases = [{**p, 'steps': max(2, round(p['steps'] * a.steps_scale))} for p in TRAIN_PRESETS[a.preset]['phases']]
+    phases = [{**p, 'warmup_steps': min(p['warmup_steps'], p['steps'] - 1)} for p in phases]
+    table = levers(phases, TRAIN_PRESETS[a.preset]['micro_batch_size'])
     base_ov = {'first_k_dense': 0, 'aux_loss_alpha': 1e-2} if a.quick else {}
     names = a.levers.split(',') if a.levers else list(table)
     for n in names:
@@ -82,11 +85,11 @@ def main(argv=None):
             tokens = train_run(cfg, rd, tok, data=docs, resume=False)['tokens']
             model, mtok = load_model(rd/'model')
             bpb.append(bits_per_byte(model, mtok, a.data_dir, limit=a.ntrex, n_boot=10)['mean_bpb']); load.append(load_max_mean(rd/'metrics.jsonl'))
-        rows.append(dict(lever=n, bpb=round(statistics.mean(bpb), 4), bpb_sd=round(statistics.stdev(bpb), 4) if len(bpb) > 1 else float('nan'),
+        rows.append(dict(lever=n, steps=[p['steps'] for p in phases], bpb=round(statistics.mean(bpb), 4), bpb_sd=round(statistics.stdev(bpb), 4) if len(bpb) > 1 else float('nan'),
                          load_max_mean=round(statistics.mean(load), 3), tokens=tokens, bpb_by_seed=bpb, model_overrides=ov, train_overrides=tov,
                          phases=[p['name'] for p in phases]))
         print(f"ablation lever={n} bpb={rows[-1]['bpb']} bpb_sd={rows[-1]['bpb_sd']} load_max_mean={rows[-1]['load_max_mean']}", flush=True)
-    bench_record('ablations', dict(preset=a.preset, seeds=a.seeds, quick=a.quick, docs=len(docs), ntrex=a.ntrex,
+    bench_record('ablations', dict(preset=a.preset, seeds=a.seeds, quick=a.quick, steps_scale=a.steps_scale, docs=len(docs), ntrex=a.ntrex,
                                    seconds=round(time.time() - t0, 1), levers=rows), Path(__file__).parent/'results')
 
 if __name__ == '__main__': main()

@@ -22,7 +22,7 @@ from .train import nll_sums
 # %% auto #0
 __all__ = ['log', 'prefix_token_id', 'text_nll', 'bootstrap_ratio', 'ntrex_path', 'bits_per_byte', 'bpb_table', 'token_nll',
            'encode_pair', 'loglikelihoods', 'fields_in', 'TaskSpec', 'load_spec', 'builtin_tasks', 'Task', 'load_task',
-           'evaluate_task', 'wilson_interval', 'majority_level', 'evaluate_tasks', 'tasks_table', 'offered_tasks',
+           'wilson_interval', 'majority_level', 'evaluate_task', 'evaluate_tasks', 'tasks_table', 'offered_tasks',
            'lm_eval_task_yaml', 'mean_features', 'linear_probe', 'routing_counts', 'mutual_information',
            'routing_summary', 'plot_routing', 'domain_groups', 'EvalConfig', 'load_model', 'bpb_texts',
            'generation_prompts', 'greedy_generations', 'evaluate_model', 'run', 'plot_bpb', 'plot_tasks', 'report']
@@ -293,6 +293,22 @@ def _fewshot(spec, data_dir, k, exclude, seed, sname)->str:
         shots.append(_render(spec, r, w) + spec.target_delimiter + ch[_gold(spec, r, ch, w)])
     return spec.fewshot_sep.join(shots) + spec.fewshot_sep
 
+# %% ../nbs/70_eval.ipynb #91f34f67
+def wilson_interval(k:int, # correct answers
+                    n:int, # items
+                    z:float=1.96, # 1.96: a 95% interval
+                   )->tuple[float, float]:
+    "Wilson score interval of the proportion k/n."
+    if n == 0: return (0.0, 1.0)
+    p, d = k / n, 1 + z * z / n
+    c, h = (p + z * z / (2 * n)) / d, z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
+    return max(0.0, c - h), min(1.0, c + h)
+
+def majority_level(gold:list[int], # gold choice indices
+                  )->float:
+    "Accuracy of always giving the most common gold answer."
+    return float(np.bincount(gold).max() / len(gold)) if len(gold) else float('nan')
+
 # %% ../nbs/70_eval.ipynb #f96c8a14
 def evaluate_task(model, tok, task, # a `Task`, or anything `load_task` takes
                   data_dir=None, limit:int|None=None, num_fewshot:int|None=None,
@@ -321,22 +337,6 @@ def evaluate_task(model, tok, task, # a `Task`, or anything `load_task` takes
                acc_norm_ci95=list(wilson_interval(sum(hit_n), n)))
     if details: res['loglikelihoods'] = per
     return res
-
-# %% ../nbs/70_eval.ipynb #91f34f67
-def wilson_interval(k:int, # correct answers
-                    n:int, # items
-                    z:float=1.96, # 1.96: a 95% interval
-                   )->tuple[float, float]:
-    "Wilson score interval of the proportion k/n."
-    if n == 0: return (0.0, 1.0)
-    p, d = k / n, 1 + z * z / n
-    c, h = (p + z * z / (2 * n)) / d, z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
-    return max(0.0, c - h), min(1.0, c + h)
-
-def majority_level(gold:list[int], # gold choice indices
-                  )->float:
-    "Accuracy of always giving the most common gold answer."
-    return float(np.bincount(gold).max() / len(gold)) if len(gold) else float('nan')
 
 # %% ../nbs/70_eval.ipynb #4ef4234e
 def evaluate_tasks(model, tok, tasks:list|None=None, # specs/names (None: every task the data directory offers)
