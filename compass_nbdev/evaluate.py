@@ -16,14 +16,17 @@ from .core import (CompassError, ConfigError, DataError, Config, add_presets, LA
                                 atomic_write_text, resolve_data_dir, load_config_file, get_logger, setting, md_table)
 from .data import read_jsonl
 from .tokenizer import ntrex_texts
+from .synthetic import write_synthetic_eval, load_lexicon, stars
 from .train import nll_sums
 
 # %% auto #0
 __all__ = ['log', 'EVAL_PRESETS', 'prefix_token_id', 'text_nll', 'bootstrap_ratio', 'ntrex_path', 'bits_per_byte', 'bpb_table',
            'token_nll', 'encode_pair', 'loglikelihoods', 'fields_in', 'TaskSpec', 'load_spec', 'builtin_tasks', 'Task',
-           'load_task', 'evaluate_task', 'evaluate_tasks', 'tasks_table', 'lm_eval_task_yaml', 'mean_features',
-           'linear_probe', 'routing_counts', 'mutual_information', 'routing_summary', 'plot_routing', 'domain_groups',
-           'EvalConfig', 'load_model', 'evaluate_model', 'run', 'plot_bpb', 'plot_tasks', 'report']
+           'load_task', 'wilson_interval', 'majority_level', 'evaluate_task', 'evaluate_tasks', 'tasks_table',
+           'offered_tasks', 'lm_eval_task_yaml', 'mean_features', 'linear_probe', 'routing_counts',
+           'mutual_information', 'routing_summary', 'plot_routing', 'domain_groups', 'EvalConfig', 'load_model',
+           'bpb_texts', 'generation_prompts', 'greedy_generations', 'evaluate_model', 'run', 'plot_bpb', 'plot_tasks',
+           'report']
 
 # %% ../nbs/70_eval.ipynb #97c532a0
 log = get_logger('evaluate')
@@ -156,7 +159,7 @@ class TaskSpec(Config):
     "A multiple-choice task declared as data."
     name:str = ''  # unique task name
     path:str = ''  # JSONL/JSONL.gz file, relative to the data directory or absolute
-    template:str = ''  # prompt: Python format string over the item's fields
+    template:str|None = None  # prompt: Python format string over the item's fields ('': none, the choices are whole texts)
     choices:list[str]|str = ''  # a field of the item holding the choices, or a literal list of choices
     gold:str = 'label'  # the field holding the gold label
     gold_map:dict[str, int]|None = None  # gold field value -> choice index (else: an index or a choice string)
@@ -173,8 +176,9 @@ class TaskSpec(Config):
     spec_path:str = ''  # where the spec came from (set by `load_spec`)
 
     def validate(self):
-        for k in ('name', 'path', 'template'):
+        for k in ('name', 'path'):
             if not getattr(self, k): raise ConfigError("missing required field", k)
+        if self.template is None: raise ConfigError("missing required field ('' for none)", 'template')
         if not self.choices: raise ConfigError("missing required field (a field name or a list)", 'choices')
         if self.lang not in LANGS: raise ConfigError(f"unknown language code {self.lang!r}; known: {', '.join(LANGS)}", 'lang')
         try: fields_in(self.template)
@@ -290,6 +294,22 @@ def _fewshot(spec, data_dir, k, exclude, seed, sname)->str:
         shots.append(_render(spec, r, w) + spec.target_delimiter + ch[_gold(spec, r, ch, w)])
     return spec.fewshot_sep.join(shots) + spec.fewshot_sep
 
+# %% ../nbs/70_eval.ipynb #91f34f67
+def wilson_interval(k:int, # correct answers
+                    n:int, # items
+                    z:float=1.96, # 1.96: a 95% interval
+                   )->tuple[float, float]:
+    "Wilson score interval of the proportion k/n."
+    if n == 0: return (0.0, 1.0)
+    p, d = k / n, 1 + z * z / n
+    c, h = (p + z * z / (2 * n)) / d, z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
+    return max(0.0, c - h), min(1.0, c + h)
+
+def majority_level(gold:list[int], # gold choice indices
+                  )->float:
+    "Accuracy of always giving the most common gold answer."
+    return float(np.bincount(gold).max() / len(gold)) if len(gold) else float('nan')
+
 # %% ../nbs/70_eval.ipynb #f96c8a14
 def evaluate_task(model, tok, task, # a `Task`, or anything `load_task` takes
                   data_dir=None, limit:int|None=None, num_fewshot:int|None=None,
@@ -313,22 +333,38 @@ def evaluate_task(model, tok, task, # a `Task`, or anything `load_task` takes
     se = lambda h: float(np.std(h, ddof=1) / math.sqrt(n)) if n > 1 else float('nan')
     res = dict(task=sp.name, lang=sp.lang, group=sp.group, domain=sp.domain, n=n, num_fewshot=task.num_fewshot,
                acc=float(np.mean(hit)), acc_stderr=se(hit), acc_norm=float(np.mean(hit_n)), acc_norm_stderr=se(hit_n),
-               acc_bytes=float(np.mean(hit_b)), chance=float(np.mean([1 / len(c) for c in task.choices])))
+               acc_bytes=float(np.mean(hit_b)), chance=float(np.mean([1 / len(c) for c in task.choices])),
+               majority=majority_level(task.gold), acc_ci95=list(wilson_interval(sum(hit), n)),
+               acc_norm_ci95=list(wilson_interval(sum(hit_n), n)))
     if details: res['loglikelihoods'] = per
     return res
 
 # %% ../nbs/70_eval.ipynb #4ef4234e
-def evaluate_tasks(model, tok, tasks:list|None=None, # specs/names (None: every built-in task)
+def evaluate_tasks(model, tok, tasks:list|None=None, # specs/names (None: every task the data directory offers)
                    data_dir=None, limit:int|None=None, num_fewshot:int|None=None, batch_size:int=16)->list[dict]:
     "Evaluate several tasks; a list of result dicts."
     from tqdm.auto import tqdm
-    tasks = builtin_tasks() if tasks is None else tasks
+    tasks = offered_tasks(data_dir) if tasks is None else tasks
     return [evaluate_task(model, tok, t, data_dir, limit, num_fewshot, batch_size) for t in tqdm(tasks, desc='tasks', leave=False)]
 
 def tasks_table(res:list[dict])->'pd.DataFrame':
     "A table of task results."
     import pandas as pd
-    return pd.DataFrame(res)[['task', 'lang', 'n', 'num_fewshot', 'acc', 'acc_norm', 'acc_bytes', 'chance']].round(3)
+    df = pd.DataFrame(res)
+    for k in ('acc', 'acc_norm'):
+        ci = df.get(f'{k}_ci95', pd.Series([[np.nan, np.nan]] * len(df)))
+        df[f'{k}_low'], df[f'{k}_high'] = [c[0] for c in ci], [c[1] for c in ci]
+    df['majority'] = df.get('majority', np.nan)
+    return df[['task', 'lang', 'n', 'num_fewshot', 'acc', 'acc_low', 'acc_high', 'acc_norm', 'acc_norm_low', 'acc_norm_high',
+               'chance', 'majority']].round(3)
+
+def offered_tasks(data_dir, # a data directory
+                  tasks:list|None=None, # names or specs to choose from (None: every built-in task)
+                 )->list:
+    "The tasks whose item file is in the data directory."
+    d = resolve_data_dir(data_dir)
+    if d is None: return []
+    return [t for t in (builtin_tasks() if tasks is None else tasks) if _data_path(load_spec(t).path, d).is_file()]
 
 # %% ../nbs/70_eval.ipynb #559b0fe6
 def _jinja(template:str)->str:
@@ -484,7 +520,7 @@ def domain_groups(data_dir=None, n:int=50, lang:str|None=None)->dict[str, list[s
 @dataclass
 class EvalConfig(Config):
     "What `run` (and `compass eval`) measures: bits per byte, tasks, probes, routing."
-    tasks:list[str]|None = None  # built-in task names or spec files; None: every built-in task
+    tasks:list[str]|None = None  # built-in task names or spec files; None: every task the data directory offers
     bpb_limit:int|None = setting(200, ge=1)  # NTREX sentences per language (None: all 1,997)
     task_limit:int|None = setting(50, ge=1)  # items per task, a seeded sample (None: all)
     num_fewshot:int|None = setting(None, ge=0)  # override every task's few-shot count
@@ -493,10 +529,13 @@ class EvalConfig(Config):
     routing:bool = True  # routing analysis (MoE models only)
     routing_n:int = setting(50, ge=1)  # texts per language / domain for the routing analysis
     batch_size:int = setting(16, ge=1)  # sequences per forward pass
+    synthetic_n:int = setting(100, ge=1)  # without a data directory: items per synthetic task, held-out documents per language
+    gen_tokens:int = setting(32, ge=0)  # new tokens of each greedy generation in the report (0: none)
 
 # %% ../nbs/70_eval.ipynb #e0a1b2c1
 EVAL_PRESETS = add_presets('eval', {  # this stage's section of the run presets (`core.PRESETS`); laptop keeps the defaults
-    'tiny':       {'tasks': ['belebele_th', 'sentiment_smsa_id'], 'bpb_limit': 16, 'task_limit': 8, 'probe': False, 'routing_n': 8},
+    'tiny':       {'tasks': ['belebele_th', 'sentiment_smsa_id'], 'bpb_limit': 16, 'task_limit': 8, 'probe': False, 'routing_n': 8,
+                   'synthetic_n': 16, 'gen_tokens': 8},
     'gpu-small':  {'bpb_limit': None, 'task_limit': None, 'probe_train': 2000},
     'compass-v2': {'bpb_limit': None, 'task_limit': None, 'probe_train': 2000},
 })
@@ -529,40 +568,80 @@ def _routing_json(rc:dict)->dict:
     return dict(groups=rc['groups'], **{k: rc[k].tolist() for k in ('counts', 'tokens', 'shared_norm', 'routed_norm')},
                 mi_bits=[mutual_information(c) for c in rc['counts']])
 
-def _routing(model, tok, cfg:EvalConfig, data_dir:Path, langs:list[str])->dict:
-    "Routing by language (NTREX sentences) and by domain (news against reviews)."
-    by_lang = {l: [r['text'] for r in read_jsonl(ntrex_path(data_dir, l))[:cfg.routing_n]] for l in langs}
+def _routing(model, tok, cfg:EvalConfig, data_dir:Path, texts:dict[str, list[str]])->dict:
+    "Routing by language (the bits-per-byte texts) and by domain (news against reviews; synthetic: by kind of text)."
+    by_lang = {l: tx[:cfg.routing_n] for l, tx in texts.items()}
+    if (data_dir/'eval'/'sentiment').is_dir(): by_dom = domain_groups(data_dir, cfg.routing_n)
+    else: by_dom = {k: [t for t, kk in _synthetic_heldout(data_dir) if kk == k][:cfg.routing_n] for k in ('title', 'description', 'review', 'qa')}
     rc = lambda groups: _routing_json(routing_counts(model, tok, groups, cfg.batch_size))
-    return dict(by_lang=rc(by_lang), by_domain=rc(domain_groups(data_dir, cfg.routing_n)))
+    return dict(by_lang=rc(by_lang), by_domain=rc({k: v for k, v in by_dom.items() if v}))
+
+# %% ../nbs/70_eval.ipynb #1ca1bbf1
+def _synthetic_heldout(data_dir:Path)->list[tuple[str, str]]:
+    "(text, kind) of the synthetic held-out documents in a data directory, every language."
+    return [(r['text'], r['kind']) for p in sorted((data_dir/'eval'/'synthetic').glob('heldout.*.jsonl')) for r in read_jsonl(p)]
+
+def bpb_texts(data_dir, # a data directory
+              limit:int|None=None, # texts per language
+             )->tuple[str, dict[str, list[str]]]:
+    "The held-out texts for bits per byte and their source: NTREX if the data directory has it, else synthetic held-out text."
+    d = resolve_data_dir(data_dir)
+    if d is not None and any(ntrex_path(d, l).is_file() for l in LANGS): return 'NTREX', _ntrex(d, None, limit)
+    p = lambda l: d/'eval'/'synthetic'/f'heldout.{l}.jsonl'
+    tx = {l: [r['text'] for r in read_jsonl(p(l))][:limit] for l in LANGS if d is not None and p(l).is_file()}
+    if not tx: raise ConfigError("bits per byte needs eval/bpb/ntrex.<lang>.jsonl or eval/synthetic/heldout.<lang>.jsonl", 'data_dir')
+    return 'synthetic held-out', tx
+
+# %% ../nbs/70_eval.ipynb #de8574e8
+def generation_prompts(lang:str)->list[str]:
+    "Three fixed prompts in a language: a 5-star review, a 1-star review and a customer question, as the corpus starts them."
+    return [stars(5), stars(1), load_lexicon()['langs'][lang]['qa_fmt'].split('{q}')[0].rstrip()]
+
+@torch.no_grad()
+def greedy_generations(model, tok, langs:list[str], # language codes
+                       max_new_tokens:int=32)->dict[str, list[dict]]:
+    "Greedy continuations of each language's `generation_prompts`: {lang: [{prompt, completion}]}."
+    out, pad = {}, tok.pad_token_id if tok.pad_token_id is not None else prefix_token_id(tok)
+    for l in langs:
+        out[l] = []
+        for p in generation_prompts(l):
+            x = torch.tensor([[prefix_token_id(tok)] + tok(p, add_special_tokens=False)['input_ids']], device=_dev(model))
+            y = model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad)
+            out[l].append(dict(prompt=p, completion=tok.decode(y[0, x.shape[1]:], skip_special_tokens=True)))
+    return out
 
 # %% ../nbs/70_eval.ipynb #6b32bd69
 def evaluate_model(model, tok, # any causal LM and its tokenizer
                    cfg:EvalConfig, # what to measure
                    data_dir:Path, # a data directory with eval/
-                   out:Path, # the folder for bpb.json, tasks.json, probes.json, routing.json
+                   out:Path, # the folder for bpb.json, tasks.json, probes.json, routing.json, generations.json
                   )->dict:
     "Evaluate a model into `out/*.json`; a summary."
-    bpb = bits_per_byte(model, tok, data_dir, limit=cfg.bpb_limit, batch_size=cfg.batch_size)
+    source, texts = bpb_texts(data_dir, cfg.bpb_limit)
+    bpb = {**bits_per_byte(model, tok, texts=texts, batch_size=cfg.batch_size), 'source': source}
     atomic_write_json(out/'bpb.json', bpb)
     tres = evaluate_tasks(model, tok, cfg.tasks, data_dir, cfg.task_limit, cfg.num_fewshot, cfg.batch_size)
     atomic_write_json(out/'tasks.json', tres)
     if cfg.probe and (pres := _probes(model, tok, cfg, data_dir)) is not None: atomic_write_json(out/'probes.json', pres)
-    if cfg.routing and _moe_modules(model): atomic_write_json(out/'routing.json', _routing(model, tok, cfg, data_dir, list(bpb['langs'])))
+    if cfg.routing and _moe_modules(model): atomic_write_json(out/'routing.json', _routing(model, tok, cfg, data_dir, texts))
+    if cfg.gen_tokens: atomic_write_json(out/'generations.json', greedy_generations(model, tok, list(texts), cfg.gen_tokens))
     return {'mean_bpb': bpb['mean_bpb'], 'written': sorted(p.name for p in out.glob('*.json'))}
 
 # %% ../nbs/70_eval.ipynb #4457caac
 def run(cfg:EvalConfig, # what to measure, or the whole run configuration (its `eval` and `data_dir`)
         run_dir:str|Path, # the run folder: reads model/, writes eval/*.json and report.md
-        data_dir=None, # a data directory with eval/ (None: $COMPASS_DATA_DIR; 'synthetic': nothing to evaluate)
+        data_dir=None, # a data directory with eval/ (None: $COMPASS_DATA_DIR; 'synthetic': the synthetic held-out sets)
         model_dir:str|Path|None=None, # evaluate this saved model instead of run_dir/model
        )->dict:
     "Evaluate the run's model into `run_dir/eval/` and write the run's report; a summary."
     data_dir, cfg = data_dir or getattr(cfg, 'data_dir', None), getattr(cfg, 'eval', cfg)
     run_dir, d = Path(run_dir), resolve_data_dir(data_dir)
-    if d is None or not (d/'eval').is_dir():
-        log.info("evaluation skipped: no data directory with eval/ (the synthetic corpus has no evaluation sets)")
-        out = {'skipped': 'no data directory with eval/'}
-    else: out = evaluate_model(*load_model(model_dir or run_dir/'model'), cfg, d, run_dir/'eval')
+    mdir = Path(model_dir or run_dir/'model')
+    if d is None: d, cfg = write_synthetic_eval(run_dir/'eval'/'synthetic_data', cfg.synthetic_n), cfg.replace(tasks=None)
+    if not (mdir/'config.json').is_file(): out = {'skipped': f'no model in {mdir}'}
+    elif not (d/'eval').is_dir(): out = {'skipped': 'no data directory with eval/'}
+    else: out = evaluate_model(*load_model(mdir), cfg, d, run_dir/'eval')
+    if 'skipped' in out: log.info("evaluation skipped: %s", out['skipped'])
     return {**out, 'report': str(report(run_dir))}
 
 # %% ../nbs/70_eval.ipynb #dcb0bd3a
@@ -572,16 +651,19 @@ def plot_bpb(bpb:dict):
     ls = list(bpb['langs']); v = [bpb['langs'][l]['bpb'] for l in ls]
     err = np.array([[v[i] - bpb['langs'][l]['ci95'][0], bpb['langs'][l]['ci95'][1] - v[i]] for i, l in enumerate(ls)]).T
     fig, ax = plt.subplots(figsize=(0.6 * len(ls) + 2, 2.8))
-    ax.bar(ls, v, yerr=err, capsize=3, color='tab:blue'); ax.set_ylabel('bits per byte'); ax.set_title('NTREX bits per UTF-8 byte')
+    ax.bar(ls, v, yerr=err, capsize=3, color='tab:blue'); ax.set_ylabel('bits per byte'); ax.set_title(f"{bpb.get('source', 'NTREX')} bits per UTF-8 byte")
     return fig
 
 def plot_tasks(tres:list[dict]):
-    "Accuracy per task against chance."
+    "Accuracy per task with 95% intervals, against chance and the majority-class level."
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(0.45 * len(tres) + 2, 3))
+    fig, ax = plt.subplots(figsize=(0.3 * len(tres) + 2, 3))
     x = np.arange(len(tres))
-    ax.bar(x - 0.2, [r['acc'] for r in tres], 0.4, label='acc'); ax.bar(x + 0.2, [r['acc_norm'] for r in tres], 0.4, label='acc_norm')
-    ax.scatter(x, [r['chance'] for r in tres], color='k', marker='_', s=200, label='chance', zorder=3)
+    for dx, k in ((-0.2, 'acc'), (0.2, 'acc_norm')):
+        v = np.array([r[k] for r in tres]); ci = np.array([r.get(f'{k}_ci95', [r[k], r[k]]) for r in tres])
+        ax.bar(x + dx, v, 0.4, yerr=np.abs(ci.T - v), capsize=2, label=k)
+    ax.scatter(x, [r['chance'] for r in tres], color='k', marker='_', s=120, label='chance', zorder=3)
+    ax.scatter(x, [r.get('majority', np.nan) for r in tres], color='r', marker='_', s=120, label='majority', zorder=3)
     ax.set_xticks(x, [r['task'] for r in tres], rotation=60, ha='right', fontsize=7); ax.legend(fontsize=7); ax.set_title('tasks')
     return fig
 
@@ -631,21 +713,38 @@ def _training_md(run_dir:Path, dpi:int)->list[str]:
     if not recs: return ["\n## Training\n"]
     md = ["\n## Training\n", _fig_md(plot_metrics(recs), run_dir, 'report_loss.png', 'loss curves', dpi)]
     if (f := plot_expert_load(recs)) is not None: md.append(_fig_md(f, run_dir, 'report_expert_load.png', 'expert load', dpi))
-    last = recs[-1]
-    return md + [f"Last logged step {last.get('global_step')}: LM loss {last.get('lm_loss', float('nan')):.4f}\n"]
+    last, vr = recs[-1], [r for r in recs if r.get('val_bpb')]
+    md.append(f"Last logged step {last.get('global_step')}: LM loss {last.get('lm_loss', float('nan')):.4f}\n")
+    if vr: md += ["\nValidation bits per byte (held-out documents of the training mix) at each evaluation, by phase:\n\n",
+                  md_table([{'phase': r.get('phase'), 'step': r['global_step'], 'tokens': r.get('tokens'), **r['val_bpb']} for r in vr]) + '\n']
+    return md
+
+# %% ../nbs/70_eval.ipynb #0a776ac3
+def _run_md(run_dir:Path, dpi:int)->list[str]:
+    "What was run: wall time, tokens, peak memory (from train_summary.json) and the resolved configuration."
+    s, md = _json(run_dir/'train_summary.json'), []
+    if s: md += ["\n## The run\n", md_table([{k: s.get(k) for k in ('status', 'global_step', 'tokens', 'seconds', 'peak_rss_mb')}]) + '\n']
+    if (run_dir/'config.yaml').is_file():
+        md += ["\n<details><summary>Configuration (config.yaml)</summary>\n\n```yaml\n", (run_dir/'config.yaml').read_text(), "```\n</details>\n"]
+    return md
 
 # %% ../nbs/70_eval.ipynb #18e493b2
 def _bpb_md(run_dir:Path, dpi:int)->list[str]:
     "Bits per byte per language: the mean, a table and a bar chart."
     if (bpb := _json(run_dir/'eval'/'bpb.json')) is None: return []
-    return ["\n## Bits per byte (NTREX)\n",
-            f"Mean over languages: **{bpb['mean_bpb']:.4f}** bits/byte. Counted: {bpb.get('counted', '')}.\n\n",
+    return [f"\n## Bits per byte ({bpb.get('source', 'NTREX')})\n",
+            f"Mean over languages: **{bpb['mean_bpb']:.4f}** bits/byte, 95% bootstrap intervals per language. Counted: {bpb.get('counted', '')}. "
+            "`bytes_per_token` is the run's tokenizer on the same texts.\n\n",
             md_table(bpb_table(bpb)) + '\n', _fig_md(plot_bpb(bpb), run_dir, 'report_bpb.png', 'bits per byte', dpi)]
 
 def _tasks_md(run_dir:Path, dpi:int)->list[str]:
     "Multiple-choice accuracies against chance."
     if not (tres := _json(run_dir/'eval'/'tasks.json')): return []
-    return ["\n## Tasks (multiple choice, log-likelihood)\n", md_table(tasks_table(tres)) + '\n',
+    t = tasks_table(tres)
+    above = t[(t.acc_low > t.chance) & (t.acc_low > t.majority.fillna(0))].task.tolist()
+    return ["\n## Tasks (multiple choice, log-likelihood)\n",
+            "Accuracy with 95% Wilson intervals (`acc_low`-`acc_high`), chance (1/choices) and the majority-class level "
+            f"(always the most common answer). Above both at 95% (by `acc`): {', '.join(above) or 'none'}.\n\n", md_table(t) + '\n',
             _fig_md(plot_tasks(tres), run_dir, 'report_tasks.png', 'tasks', dpi)]
 
 # %% ../nbs/70_eval.ipynb #4bb2a2bf
@@ -658,7 +757,9 @@ def _probes_md(run_dir:Path, dpi:int)->list[str]:
 def _routing_md(run_dir:Path, dpi:int)->list[str]:
     "Per layer: mutual information between group and expert, output norms, and a heatmap, by language and by domain."
     if (rj := _json(run_dir/'eval'/'routing.json')) is None: return []
-    md = ["\n## Routing\n"]
+    mi = {k: np.mean(rj[k]['mi_bits']) for k in ('by_lang', 'by_domain') if k in rj}
+    md = ["\n## Routing\n", "Mutual information between group and expert choice, mean over MoE layers: "
+          + ', '.join(f"{k.replace('by_', 'by ')} **{v:.3f}** bits (at most {math.log2(len(rj[k]['groups'])):.2f})" for k, v in mi.items()) + ".\n"]
     for k, t in (('by_lang', 'language'), ('by_domain', 'domain')):
         if k not in rj: continue
         rc = {k2: np.array(v) if k2 in ('counts', 'tokens', 'shared_norm', 'routed_norm') else v for k2, v in rj[k].items()}
@@ -666,8 +767,16 @@ def _routing_md(run_dir:Path, dpi:int)->list[str]:
                md_table(routing_summary(rc)) + '\n', _fig_md(plot_routing(rc, f'expert use by {t}'), run_dir, f'report_routing_{k}.png', f'routing by {t}', dpi)]
     return md
 
+# %% ../nbs/70_eval.ipynb #cf4034ed
+def _generations_md(run_dir:Path, dpi:int)->list[str]:
+    "The greedy generations: prompt and completion per language."
+    if not (g := _json(run_dir/'eval'/'generations.json')): return []
+    esc = lambda s: s.replace('|', '\\|').replace('\n', ' ⏎ ')
+    rows = [dict(lang=l, prompt=esc(r['prompt']), completion=esc(r['completion'])) for l, rs in g.items() for r in rs]
+    return ["\n## Generations (greedy, fixed prompts)\n", md_table(rows) + '\n']
+
 # %% ../nbs/70_eval.ipynb #6584d296
-_SECTIONS = [_data_md, _tokenizer_md, _training_md, _bpb_md, _tasks_md, _probes_md, _routing_md]
+_SECTIONS = [_run_md, _data_md, _tokenizer_md, _training_md, _bpb_md, _tasks_md, _probes_md, _routing_md, _generations_md]
 
 def report(run_dir:str|Path, # a run folder
            dpi:int=90, # resolution of the PNG figures

@@ -14,9 +14,9 @@ from .core import LANGS, CompassError, check_lang, atomic_write, get_logger
 
 # %% auto #0
 __all__ = ['KINDS', 'KIND_WEIGHTS', 'SOURCE_NAME', 'RATING_WEIGHTS', 'SIMPLIFIED_ONLY', 'TRADITIONAL_ONLY', 'MANIFEST_COLS',
-           'load_lexicon', 'check_lexicon', 'format_price', 'make_title', 'make_description', 'stars', 'review_rating',
-           'make_review', 'make_qa', 'synthetic_corpus', 'unique_ratio', 'near_dup_survivors',
-           'write_synthetic_data_dir']
+           'EVAL_SEED', 'EVAL_SETS', 'load_lexicon', 'check_lexicon', 'format_price', 'make_title', 'make_description',
+           'stars', 'review_rating', 'make_review', 'make_qa', 'synthetic_corpus', 'unique_ratio', 'near_dup_survivors',
+           'write_synthetic_data_dir', 'rating_item', 'category_item', 'synthetic_eval_sets', 'write_synthetic_eval']
 
 # %% ../nbs/10_synthetic.ipynb #768ac956
 KINDS = ('title', 'description', 'review', 'qa')
@@ -235,4 +235,57 @@ def write_synthetic_data_dir(out_dir:str|Path, # folder to create or update
                      str(lines.count('\n')), str(len(data)), hashlib.sha256(data).hexdigest()])
     with atomic_write(out/'MANIFEST.tsv') as fh: fh.write('\n'.join('\t'.join(r) for r in [MANIFEST_COLS] + rows) + '\n')
     get_logger('synthetic').info("wrote %d synthetic documents to %s", len(docs), out)
+    return out
+
+# %% ../nbs/10_synthetic.ipynb #bb04017b
+EVAL_SEED = 1_000_003  # added to the corpus seed for evaluation sets: training draws from seeds 0, 1, 2, ...
+
+def rating_item(rng:random.Random, lex:dict, lang:str)->dict:
+    "A rating question: the review without stars, and the five candidates written with 1..5 stars (label: index)."
+    text, r = make_review(rng, lex, lang, _fields(rng, lex, lang))
+    body = text[len(stars(r)) + 1:]
+    return dict(text=body, choices=[f"{stars(k)} {body}" for k in range(1, 6)], label=r - 1, rating=r)
+
+# %% ../nbs/10_synthetic.ipynb #a5a733c8
+def category_item(rng:random.Random, lex:dict, lang:str,
+                  n_choices:int=4, # candidates: the true product and n_choices-1 others
+                 )->dict:
+    "A product question: a title with its product blanked, and the title with each candidate product (label: index)."
+    f, L = _fields(rng, lex, lang), lex['langs'][lang]
+    key = next(k for k in sorted(lex['products']) if L['products'][k] == f['product'])
+    keys = rng.sample(sorted(set(lex['products']) - {key}), n_choices - 1) + [key]
+    rng.shuffle(keys)
+    state, titles = rng.getstate(), []
+    for k in keys + [None]:   # the same template and attributes for every candidate; None: the blank
+        rng.setstate(state)
+        titles.append(make_title(rng, lex, lang, {**f, 'product': L['products'][k] if k else '___'}))
+    return dict(text=titles[-1], choices=titles[:-1], label=keys.index(key), product=key)
+
+# %% ../nbs/10_synthetic.ipynb #105b91b9
+EVAL_SETS = ('rating', 'category', 'heldout')  # eval/synthetic/<set>.<lang>.jsonl
+
+def synthetic_eval_sets(n_per_lang:int=100, # items per task and held-out documents per language
+                        langs=None, # language codes (default: all 9)
+                        seed:int=0, # the corpus seed these sets are held out from
+                       )->dict[str, dict[str, list[dict]]]:
+    "{set: {lang: records}} for the rating and category tasks and held-out text, from seeds training never uses."
+    langs = list(LANGS) if langs is None else [langs] if isinstance(langs, str) else list(langs)
+    lex, out = check_lexicon(load_lexicon()), {s: {} for s in EVAL_SETS}
+    for l in langs:
+        rng = random.Random(f"compass-synthetic-eval:{seed}:{l}")
+        for s, make in (('rating', rating_item), ('category', category_item)):
+            out[s][l] = [dict(id=f"synthetic-{s}-{l}-{i:05d}", lang=l, **make(rng, lex, l)) for i in range(n_per_lang)]
+        out['heldout'][l] = synthetic_corpus(n_per_lang, l, EVAL_SEED + seed)
+    return out
+
+# %% ../nbs/10_synthetic.ipynb #4d794abe
+def write_synthetic_eval(out_dir:str|Path, # a data directory to add eval/synthetic/ to
+                         n_per_lang:int=100, # items per task and held-out documents per language
+                         langs=None, seed:int=0)->Path:
+    "Write `synthetic_eval_sets` as out_dir/eval/synthetic/<set>.<lang>.jsonl; return out_dir."
+    out = Path(out_dir)
+    for s, by_lang in synthetic_eval_sets(n_per_lang, langs, seed).items():
+        for l, recs in by_lang.items():
+            with atomic_write(out/'eval'/'synthetic'/f'{s}.{l}.jsonl') as fh:
+                fh.write(''.join(json.dumps(r, ensure_ascii=False) + '\n' for r in recs))
     return out

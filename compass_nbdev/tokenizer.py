@@ -36,6 +36,7 @@ def _default_groups(): return {'general': ['en', 'zh', 'id', 'ms', 'th', 'vi', '
 TOKENIZER_PRESETS = add_presets('tokenizer', {  # this stage's section of the run presets (`core.PRESETS`)
     'tiny':       dict(vocab_size=4096,   sizes={'general': 3072,   'other': 1024,  'zh': 2048},  bytes_per_lang=300_000),
     'laptop':     dict(vocab_size=16384,  sizes={'general': 12288,  'other': 3072,  'zh': 6144},  bytes_per_lang=1_000_000),
+    'laptop-long': dict(vocab_size=16384, sizes={'general': 12288,  'other': 3072,  'zh': 6144},  bytes_per_lang=1_000_000),
     'gpu-small':  dict(vocab_size=32768,  sizes={'general': 24576,  'other': 6144,  'zh': 12288}, bytes_per_lang=1_000_000),
     'compass-v2': dict(vocab_size=180000, sizes={'general': 160000, 'other': 10000, 'zh': 50000}, bytes_per_lang=30_000_000,
                        lang_weights={'en': 1.5, 'zh': 2.0, 'pt': 2.0, 'th': 2.0}, max_token_length={'general': 23, 'zh': 6},

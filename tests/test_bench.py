@@ -34,3 +34,34 @@ def test_model_cpu_sizes_runs_every_size_and_summarises(tmp_path):
     bad = subprocess.run([sys.executable, str(ROOT / 'bench' / 'model_cpu_sizes.py'), '--sizes', 'huge'],
                          capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert bad.returncode != 0 and "unknown ['huge']" in bad.stderr
+
+def _bench(name):
+    import importlib.util
+    p = Path(__file__).parent.parent/'bench'/f'{name}.py'
+    s = importlib.util.spec_from_file_location(name, p); m = importlib.util.module_from_spec(s); s.loader.exec_module(m)
+    return m
+
+def _tokens(phases, mb): return sum(p['steps'] * p['seq_len'] for p in phases) * mb
+
+@pytest.mark.parametrize('preset', ['tiny', 'laptop'])
+def test_ablation_levers_change_one_thing_at_equal_tokens(preset):
+    from compass_nbdev.train import TRAIN_PRESETS, train_config
+    tp = TRAIN_PRESETS[preset]
+    table = _bench('ablations').levers(tp['phases'], tp['micro_batch_size'])
+    base = _tokens(tp['phases'], tp['micro_batch_size'])
+    assert {'baseline', 'first_dense', 'alpha_1e-3', 'tokens_0.4x', 'pretrain_only', 'pretrain_anneal', 'aux_free', 'accum4_global'} <= set(table)
+    for n, (mov, phases, tov) in table.items():
+        mb = tov.get('micro_batch_size', tp['micro_batch_size']) * tov.get('grad_accum', 1)
+        t = _tokens(phases, mb)
+        if n == 'tokens_0.4x': assert 0.3 * base < t < 0.5 * base
+        else: assert abs(t - base) <= 0.02 * base, n                  # equal tokens unless the lever is the token count
+        changed = len(mov) + (phases != tp['phases']) + bool(tov)
+        assert changed == (0 if n == 'baseline' else 1) or n == 'accum4_global', n
+        train_config(preset, model_overrides=mov, phases=phases, **tov).model_config(1000)   # every lever is a valid config
+
+def test_ablation_load_and_moe_vs_dense_seed_mean(tmp_path):
+    f = tmp_path/'m.jsonl'
+    f.write_text('\n'.join(json.dumps(r) for r in [{'load_max_mean': [3.0, 5.0]}, {'lm_loss': 1.0}, {'load_max_mean': [1.0, 2.0]}]))
+    assert _bench('ablations').load_max_mean(f) == 1.5                # the last logged load, mean over layers
+    m = _bench('moe_vs_dense').mean_over_seeds([{'mean_bpb': 2.0, 'bpb': {'en': 1.0}, 'tokens': 5}, {'mean_bpb': 3.0, 'bpb': {'en': 2.0}, 'tokens': 5}])
+    assert (m['mean_bpb'], m['bpb'], m['mean_bpb_by_seed'], m['tokens']) == (2.5, {'en': 1.5}, [2.0, 3.0], 5)

@@ -80,6 +80,9 @@ def test_sft_then_chat_and_generate_from_the_command_line(tmp_path):
     run = tmp_path/'run'
     r = compass('run', '--preset', 'tiny', '--data-dir', 'synthetic', '--run-dir', str(run))
     assert r.returncode == 0, r.stderr[-3000:]
+    md = (run/'report.md').read_text()   # the embedded corpus's own evaluation: bpb, tasks against chance, generations
+    for h in ('## The run', '## Bits per byte (synthetic held-out)', '| chance | majority |', 'synthetic_category_zh_Hant', '## Generations'):
+        assert h in md, h
     saved = (run/'config.yaml').read_bytes()
     r = compass('train', '--preset', 'laptop', '--run-dir', str(run))          # #23: another preset on a trained run
     assert r.returncode == 2 and 'trained with another configuration' in r.stderr and 'tokenizer.vocab_size: 4096 -> 16384' in r.stderr, r.stderr[-2000:]

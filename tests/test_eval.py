@@ -4,7 +4,9 @@ import numpy as np, pytest, torch, yaml
 from compass_nbdev.core import DataError, ConfigError, CompassError
 from compass_nbdev.evaluate import (prefix_token_id, token_nll, text_nll, bits_per_byte, encode_pair, loglikelihoods,
                                     TaskSpec, load_spec, load_task, evaluate_task, builtin_tasks, lm_eval_task_yaml,
-                                    mutual_information, routing_counts, mean_features, EvalConfig, run, report)
+                                    mutual_information, routing_counts, mean_features, EvalConfig, run, report,
+                                    wilson_interval, majority_level, offered_tasks, tasks_table)
+from compass_nbdev.synthetic import write_synthetic_eval
 from compass_nbdev.model import CompassConfig, CompassForCausalLM
 from compass_nbdev.tokenizer import train_bpe, to_hf
 
@@ -118,7 +120,8 @@ def test_builtin_specs():
 
 @pytest.mark.skipif(DATA is None, reason='needs the shared data directory')
 def test_builtin_tasks_load_real_items():
-    for n in builtin_tasks():
+    assert len(offered_tasks(DATA)) >= 17
+    for n in offered_tasks(DATA):
         t = load_task(n, data_dir=DATA, limit=3)
         assert len(t.gold) == 3 and all(0 <= g < len(c) for g, c in zip(t.gold, t.choices))
 
@@ -163,7 +166,7 @@ def test_eval_run_writes_results_and_report(model, tok, tmp_path):
 
 def test_eval_run_without_data_writes_only_the_report(tmp_path):
     out = run(EvalConfig(), tmp_path/'r', 'synthetic')
-    assert out == {'skipped': 'no data directory with eval/', 'report': str(tmp_path/'r'/'report.md')}
+    assert out == {'skipped': f"no model in {tmp_path/'r'/'model'}", 'report': str(tmp_path/'r'/'report.md')}
     assert 'Nothing to report yet' in (tmp_path/'r'/'report.md').read_text()
 
 def test_eval_config_one_set_of_defaults_and_checked_ranges():
@@ -210,12 +213,13 @@ def test_lm_eval_agreement(model, tok, taskfile, tmp_path, monkeypatch):
     assert ours['acc_norm'] == out['results']['toy_mc']['acc_norm,none']
 
 @pytest.mark.skipif(DATA is None, reason='needs the shared data directory')
-def test_lm_eval_yaml_renders_like_ours():
+def test_lm_eval_yaml_renders_like_ours(tmp_path):
     "The lm-eval translation of every built-in spec gives the same prompts and gold indices (lm-eval's own Jinja)."
     pytest.importorskip('lm_eval')
     from lm_eval.utils import apply_template
-    for n in builtin_tasks():
-        y, t = lm_eval_task_yaml(n, DATA), load_task(n, DATA, limit=3)
+    syn = write_synthetic_eval(tmp_path, n_per_lang=3)
+    for d, n in [(d, n) for d in ([DATA] if DATA else []) + [syn] for n in offered_tasks(d)]:
+        y, t = lm_eval_task_yaml(n, d), load_task(n, d, limit=3)
         for it, g, p, ch in zip(t.items, t.gold, t.prompts, t.choices):
             assert apply_template(y['doc_to_text'], it) == p
             tg = y['doc_to_target']
@@ -244,3 +248,43 @@ def test_moe_vs_dense_twin_matches_active_params(ov):
     assert sm['total'] > sd['total']
     for k in ('hidden_size', 'num_hidden_layers', 'num_attention_heads', 'vocab_size', 'tie_word_embeddings'):
         assert getattr(moe, k) == getattr(dense, k), k
+
+def test_wilson_interval_and_majority():
+    for k, n in [(0, 10), (3, 10), (8, 10), (10, 10), (40, 200)]:
+        lo, hi = wilson_interval(k, n)
+        assert 0 <= lo <= k / n <= hi <= 1 and hi - lo > 0
+    np.testing.assert_allclose(wilson_interval(8, 10), (0.4902, 0.9433), atol=1e-4)   # the textbook value
+    lo1, hi1 = wilson_interval(30, 100); lo2, hi2 = wilson_interval(300, 1000)
+    assert hi2 - lo2 < hi1 - lo1                                        # more items, a narrower interval
+    assert wilson_interval(5, 10, z=1.0)[1] < wilson_interval(5, 10)[1]   # a lower confidence, a narrower interval
+    assert majority_level([4, 4, 4, 1]) == 0.75 and majority_level([0, 1, 2, 3]) == 0.25 and math.isnan(majority_level([]))
+
+def test_task_results_carry_interval_and_majority(model, tok, taskfile):
+    r = evaluate_task(model, tok, spec(taskfile))
+    assert r['majority'] == majority_level([d['label'] for d in ITEMS])
+    assert r['acc_ci95'][0] <= r['acc'] <= r['acc_ci95'][1]
+    assert list(tasks_table([r]).columns[-2:]) == ['chance', 'majority']
+
+def test_offered_tasks_follow_the_data_directory(tmp_path):
+    d = write_synthetic_eval(tmp_path, n_per_lang=2)
+    assert offered_tasks(d) == builtin_tasks('synthetic_category') + builtin_tasks('synthetic_rating')
+    assert len(offered_tasks(d)) == 18 and offered_tasks('synthetic') == []
+    if DATA: assert 'belebele_th' in offered_tasks(DATA) and not any(t.startswith('synthetic') for t in offered_tasks(DATA))
+
+def test_synthetic_eval_run_writes_the_evaluation_section(model, tok, tmp_path):
+    "Without a data directory the stage scores the synthetic tasks and held-out text; the report shows them with chance levels."
+    rd = tmp_path/'run'
+    model.save_pretrained(rd/'model'); tok.save_pretrained(rd/'model')
+    cfg = EvalConfig(tasks=['belebele_th'], bpb_limit=3, task_limit=3, routing_n=3, synthetic_n=3, gen_tokens=3, probe=False, batch_size=8)
+    out = run(cfg, rd, 'synthetic')
+    assert out['written'] == ['bpb.json', 'generations.json', 'routing.json', 'tasks.json']
+    tres = json.loads((rd/'eval'/'tasks.json').read_text())
+    assert len(tres) == 18 and {r['group'] for r in tres} == {'synthetic_rating', 'synthetic_category'}
+    assert {(r['group'], round(r['chance'], 9)) for r in tres} == {('synthetic_rating', 0.2), ('synthetic_category', 0.25)}
+    bpb = json.loads((rd/'eval'/'bpb.json').read_text())
+    assert bpb['source'] == 'synthetic held-out' and len(bpb['langs']) == 9
+    gen = json.loads((rd/'eval'/'generations.json').read_text())
+    assert len(gen) == 9 and all(len(v) == 3 for v in gen.values())
+    md = (rd/'report.md').read_text()
+    for h in ('## Bits per byte (synthetic held-out)', '## Tasks', '| chance | majority |', 'synthetic_rating_th', '## Routing',
+              'Mutual information', '## Generations'): assert h in md, h

@@ -5,7 +5,7 @@ from hypothesis import given, settings, strategies as st
 from compass_nbdev.core import LANGS, CompassError, resolve_data_dir
 from compass_nbdev.synthetic import (synthetic_corpus, write_synthetic_data_dir, review_rating, stars, unique_ratio,
                                      near_dup_survivors, load_lexicon, check_lexicon, format_price, KINDS,
-                                     SIMPLIFIED_ONLY, TRADITIONAL_ONLY)
+                                     SIMPLIFIED_ONLY, TRADITIONAL_ONLY, synthetic_eval_sets, write_synthetic_eval, EVAL_SETS)
 
 @pytest.fixture(scope='module')
 def docs(): return synthetic_corpus(200)
@@ -94,3 +94,25 @@ def test_data_dir(tmp_path):
     assert rows[0].split('\t')[:4] == ['path', 'kind', 'lang', 'source'] and len(rows) == 1 + len(LANGS)
     again = write_synthetic_data_dir(tmp_path/'data2', n_per_lang=10, seed=3)
     assert (again/'MANIFEST.tsv').read_text() == (d/'MANIFEST.tsv').read_text()  # byte-identical gzip (sha256 in manifest)
+
+def test_eval_sets_are_fair_and_held_out():
+    ev = synthetic_eval_sets(60)
+    assert ev == synthetic_eval_sets(60) and set(ev) == set(EVAL_SETS) and all(set(v) == set(LANGS) for v in ev.values())
+    for l, items in ev['rating'].items():
+        for it in items:
+            assert '★' not in it['text'] and '☆' not in it['text']         # no lookup: the stars are gone
+            assert [review_rating(c) for c in it['choices']] == [1, 2, 3, 4, 5] and it['label'] == it['rating'] - 1
+            assert all(c.endswith(it['text']) for c in it['choices'])
+        assert len({it['rating'] for it in items}) >= 3                     # every language has several ratings
+    for l, items in ev['category'].items():
+        assert len({it['label'] for it in items}) == 4                      # the answer's position varies
+        for it in items: assert '___' in it['text'] and len(set(it['choices'])) == 4
+    train = {d['text'] for d in synthetic_corpus(200)}
+    held = [d for v in ev['heldout'].values() for d in v]
+    assert sum(d['text'] in train for d in held) < 0.2 * len(held)         # mostly new documents (short titles may repeat)
+    assert not {d['id'] for d in held} & {d['id'] for d in synthetic_corpus(200)}
+
+def test_write_synthetic_eval(tmp_path):
+    d = write_synthetic_eval(tmp_path, n_per_lang=3, langs=['vi'])
+    assert sorted(p.name for p in (d/'eval'/'synthetic').iterdir()) == ['category.vi.jsonl', 'heldout.vi.jsonl', 'rating.vi.jsonl']
+    assert [json.loads(l) for l in (d/'eval/synthetic/category.vi.jsonl').read_text().splitlines()] == synthetic_eval_sets(3, 'vi')['category']['vi']
