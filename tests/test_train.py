@@ -228,7 +228,8 @@ def _script(tmp_path, body):
     f.write_text(textwrap.dedent(body))
     return f
 
-def _env(): return {**os.environ, 'OMP_NUM_THREADS': '1', 'TOKENIZERS_PARALLELISM': 'false'}
+def _env():  # the child computes with as many threads as this process: a reduction's rounding depends on the thread count
+    return {**os.environ, 'OMP_NUM_THREADS': str(torch.get_num_threads()), 'TOKENIZERS_PARALLELISM': 'false'}
 
 def test_sigkill_during_save_keeps_previous_checkpoint(reference, tmp_path, tok_dir, data_file):
     ref, _ = reference
