@@ -98,6 +98,7 @@ train.phases.schedule | assumed | cosine decay in pretraining; re-warmup then de
 train.phases.min_lr_ratio | assumed | - | floor of the decay: 0.1, 0 at the end of the anneal
 train.phases.mix | assumed | annealing on high-quality SEA and e-commerce data | SEA languages x2 (pt x1.5) by name
 train.phases.domain_mix | assumed | annealing on high-quality SEA and e-commerce data | e-commerce x2 by name
+train.model_overrides | ours | - | a preset's changes to its model preset (laptop-long: a wider, deeper laptop MoE)
 train.phases.quality_mix | assumed | annealing on high-quality data; model-based quality filtering | the high tier of the quality classifier x2 (13_quality)
 train.high_quality_min | ours | model-based quality filtering (the score itself is ours) | a quality score >= 0.5 puts a document in the high tier
 train.phases.rope_theta | ours | - | RoPE base raised for the long-context phase
@@ -123,6 +124,8 @@ eval.task_limit | ours | - | evaluation size and tasks of our report card
 eval.probe | ours | - | evaluation size and tasks of our report card
 eval.probe_train | ours | - | evaluation size and tasks of our report card
 eval.routing_n | ours | - | evaluation size and tasks of our report card
+eval.synthetic_n | ours | - | items per synthetic held-out task (the embedded corpus's own evaluation)
+eval.gen_tokens | ours | - | length of the report's sample generations
 sft.steps | assumed | a hybrid model for fast and deep thinking | the SFT recipe (sizes, steps) is ours
 sft.seq_len | assumed | a hybrid model for fast and deep thinking | the SFT recipe (sizes, steps) is ours
 sft.batch_size | assumed | a hybrid model for fast and deep thinking | the SFT recipe (sizes, steps) is ours
