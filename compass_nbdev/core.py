@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, fields, asdict, MISSING
 # %% auto #0
 __all__ = ['LANGS', 'SEA_LANGS', 'DATA_DIR_ENV', 'SYNTHETIC', 'PRESETS', 'logger', 'CompassError', 'ConfigError', 'DataError',
            'atomic_write', 'atomic_write_text', 'atomic_write_json', 'atomic_dir', 'Lang', 'check_lang',
-           'resolve_data_dir', 'setting', 'Config', 'load_config_file', 'add_presets', 'preset', 'md_table',
+           'resolve_data_dir', 'setting', 'Config', 'load_config_file', 'add_presets', 'lookup', 'preset', 'md_table',
            'time_calls', 'median_ms', 'results_dir', 'run_info', 'portable_paths', 'bench_line', 'write_record',
            'read_record', 'get_logger']
 
@@ -262,11 +262,18 @@ def add_presets(section:str, # the stage's section of the run config, e.g. 'toke
     for name, values in table.items(): PRESETS.setdefault(name, {})[section] = values
     return table
 
+def lookup(table:dict, # name -> settings, e.g. `PRESETS` or a stage's table
+           name:str, # the name asked for
+           key:str='preset', # the config key or option that named it (for the error)
+          ):
+    "`table[name]`; an unknown name raises `ConfigError` naming `key` and listing the known names."
+    if name not in table: raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(table)}", key)
+    return table[name]
+
 def preset(name:str, # a run preset, e.g. 'laptop'
           )->dict:
     "The settings of one run preset, section by section; an unknown name raises `ConfigError` listing the known ones."
-    if name not in PRESETS: raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}", 'preset')
-    return PRESETS[name]
+    return lookup(PRESETS, name)
 
 
 # %% ../nbs/00_core.ipynb #e654ead6

@@ -83,7 +83,7 @@ tokenizer.groups | paper | 150k (Chinese, English, six SEA languages) + 20k (nin
 tokenizer.algorithm | assumed | BPE trained with SentencePiece | byte-level BPE (HF tokenizers): no unknown characters, loads with AutoTokenizer
 tokenizer.split | ours | - | pre-tokenizer regex keeping Thai/Vietnamese combining marks in words ('sea')
 tokenizer.bytes_per_lang | assumed | - | training text per language: all of ours at the 180k preset
-tokenizer.lang_weights | ours | - | en x1.5, zh x2, pt x2, th x2 at 180k: measured against the targets (20_tokenizer)
+tokenizer.lang_weights | ours | - | en x2, zh x2.1, pt x2, th x3 at 180k: measured against the targets (20_tokenizer)
 tokenizer.max_token_length | ours | - | caps token length per group: measured (the Chinese section of 20_tokenizer)
 tokenizer.char_sets | ours | - | GB 2312 level 1 characters as tokens: measured (zh coverage)
 train.model | ours | - | which model preset the recipe trains

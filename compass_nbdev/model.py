@@ -14,7 +14,7 @@ from torch import nn, Tensor
 from transformers import PretrainedConfig, PreTrainedModel, GenerationMixin, AutoConfig, AutoModelForCausalLM
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.utils import ModelOutput
-from .core import ConfigError
+from .core import ConfigError, lookup
 from .ops import register_op, get_op, check_choice, OPS
 from .moe import CompassMoE, SwiGLU
 from .balance import (aux_loss, z_loss, GlobalCounts, all_reduce_counts, update_bias,
@@ -116,11 +116,10 @@ class CompassConfig(PretrainedConfig):
         return self.n_routed_experts > 0 and i >= self.first_k_dense
 
     @classmethod
-    def from_preset(cls, name:str, # one of `PRESETS`
+    def from_preset(cls, name:str, # one of `MODEL_PRESETS`
                     **overrides):
         "A validated config from a named preset, with fields overridden."
-        if name not in MODEL_PRESETS: raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(MODEL_PRESETS)}", 'preset')
-        return cls(**{**MODEL_PRESETS[name], **overrides})
+        return cls(**{**lookup(MODEL_PRESETS, name), **overrides})
 
 # %% ../nbs/50_model.ipynb #86541d2b
 _BASE = dict(first_k_dense=1, n_shared_experts=2, num_experts_per_tok=4, norm_topk_prob=True, rope_theta=1e6,

@@ -11,7 +11,7 @@ import regex
 from pathlib import Path
 from dataclasses import dataclass, field
 from tokenizers import Tokenizer, Regex, AddedToken, models, pre_tokenizers, decoders, trainers
-from .core import (Config, ConfigError, DataError, setting, add_presets, LANGS, SEA_LANGS, check_lang, resolve_data_dir,
+from .core import (Config, ConfigError, DataError, setting, add_presets, lookup, LANGS, SEA_LANGS, check_lang, resolve_data_dir,
                                 atomic_write_json, atomic_dir, md_table, get_logger)
 
 # %% auto #0
@@ -39,7 +39,7 @@ TOKENIZER_PRESETS = add_presets('tokenizer', {  # this stage's section of the ru
     'laptop-long': dict(vocab_size=16384, sizes={'general': 12288,  'other': 3072,  'zh': 6144},  bytes_per_lang=1_000_000),
     'gpu-small':  dict(vocab_size=32768,  sizes={'general': 24576,  'other': 6144,  'zh': 12288}, bytes_per_lang=1_000_000),
     'compass-v2': dict(vocab_size=180000, sizes={'general': 160000, 'other': 10000, 'zh': 50000}, bytes_per_lang=30_000_000,
-                       lang_weights={'en': 1.5, 'zh': 2.0, 'pt': 2.0, 'th': 2.0}, max_token_length={'general': 23, 'zh': 6},
+                       lang_weights={'en': 2.0, 'zh': 2.1, 'pt': 2.0, 'th': 3.0}, max_token_length={'general': 23, 'zh': 6},
                        char_sets=['gb2312-1']),  # 10k of the paper's 20k 'other' moved to 'general': our 'other' is one small language
 })
 
@@ -90,9 +90,7 @@ class TokenizerConfig(Config):
     def preset(cls, name:str, # one of `TOKENIZER_PRESETS`
                **overrides):
         "A validated preset, with optional field overrides."
-        if name not in TOKENIZER_PRESETS:
-            raise ConfigError(f"unknown preset {name!r}; allowed: {', '.join(TOKENIZER_PRESETS)}", 'tokenizer.preset')
-        return cls.from_dict({**TOKENIZER_PRESETS[name], **overrides})
+        return cls.from_dict({**lookup(TOKENIZER_PRESETS, name, 'tokenizer.preset'), **overrides})
 
 # %% ../nbs/20_tokenizer.ipynb #07b752e3
 SPLITS = {

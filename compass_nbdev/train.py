@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import yaml
-from .core import (Config, ConfigError, CompassError, DataError, SYNTHETIC, LANGS, setting, add_presets, resolve_data_dir,
+from .core import (Config, ConfigError, CompassError, DataError, SYNTHETIC, LANGS, setting, add_presets, lookup, resolve_data_dir,
                                 atomic_write, atomic_write_json, atomic_write_text, atomic_dir, check_lang, get_logger)
 from .model import CompassConfig, CompassForCausalLM, model_stats, MODEL_PRESETS
 from .balance import load_stats
@@ -159,8 +159,7 @@ def train_config(preset:str|dict|TrainConfig='tiny', # a preset name, a dict of 
     "A validated `TrainConfig` from a preset name (or dict), with top-level fields overridden."
     if isinstance(preset, TrainConfig): return preset.replace(**overrides) if overrides else preset
     if isinstance(preset, str):
-        if preset not in TRAIN_PRESETS: raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(TRAIN_PRESETS)}", 'preset')
-        preset = TRAIN_PRESETS[preset]
+        preset = lookup(TRAIN_PRESETS, preset)
     return TrainConfig.from_dict({**preset, **overrides})
 
 # %% ../nbs/60_train.ipynb #337d6ad5
