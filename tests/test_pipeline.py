@@ -15,9 +15,11 @@ needs_data = pytest.mark.skipif(not DATA_DIR, reason='COMPASS_DATA_DIR is not se
 def no_env_data_dir(monkeypatch):
     monkeypatch.delenv('COMPASS_DATA_DIR', raising=False)
 
-def kept_ids(run_dir:Path)->list[str]:
-    "Ids in the stage's clean/ folder, file by file, in file order."
-    return [r['id'] for p in sorted((Path(run_dir)/'data'/'clean').glob('*.jsonl.gz')) for r in read_jsonl(p)]
+def kept_rows(run_dir:Path)->list[dict]:
+    "Records in the stage's clean/ folder (id, text, lang, domain, source, quality), file by file, in file order."
+    return [dict(r) for p in sorted((Path(run_dir)/'data'/'clean').glob('*.jsonl.gz')) for r in read_jsonl(p)]
+
+def kept_ids(run_dir:Path)->list[str]: return [r['id'] for r in kept_rows(run_dir)]
 
 def report_tables(run_dir:Path)->str:
     "report.md without its stage-seconds table (the one part that depends on what ran it)."
@@ -25,7 +27,9 @@ def report_tables(run_dir:Path)->str:
 
 def same_as_reference(a:Path, sa:dict, b:Path, sb:dict):
     assert kept_ids(b) == kept_ids(a) and len(kept_ids(a)) == sa['kept_docs'] > 0
-    for k in ('docs_in', 'bytes_in', 'kept_docs', 'kept_bytes', 'removed_by_reason', 'lang_flagged', 'split_docs', 'mix'):
+    assert kept_rows(b) == kept_rows(a)  # texts and quality scores too
+    for k in ('docs_in', 'bytes_in', 'kept_docs', 'kept_bytes', 'removed_by_reason', 'lang_flagged', 'split_docs', 'mix',
+              'quality', 'clean_docs_per_lang'):
         assert sb[k] == sa[k], k
     assert report_tables(b) == report_tables(a)
     assert (b/'data'/'mix.csv').read_text() == (a/'data'/'mix.csv').read_text()
@@ -36,6 +40,17 @@ def test_local_matches_reference_on_synthetic(tmp_path, workers, tasks):
     sa = ref_run(cfg, tmp_path/'a', 'synthetic')
     sb = pipeline.run(cfg, tmp_path/'b', 'synthetic')
     assert sa['removed_by_reason'], "the synthetic corpus should exercise some filters"
+    assert sb['quality']['train_docs'] > 0 and all('quality' in r for r in kept_rows(tmp_path/'b'))
+    same_as_reference(tmp_path/'a', sa, tmp_path/'b', sb)
+
+@pytest.mark.parametrize('opts', [{'quality_threshold': 0.3}, {'quality_scale': 'prob', 'quality_threshold': 0.5},
+                                  {'quality_score': False}, {'quality_noisy': ['nothing_here']}])
+def test_quality_settings_match_reference(tmp_path, opts):
+    "Low-quality removal (after dedup, rank or probability scale), no scoring, and a classifier skipped for want of a class."
+    cfg = DataConfig(synthetic_docs_per_lang=40, num_proc=2, tasks=3, **opts)
+    sa, sb = ref_run(cfg, tmp_path/'a', 'synthetic'), pipeline.run(cfg, tmp_path/'b', 'synthetic')
+    assert ('low_quality' in sa['removed_by_reason']) == ('quality_threshold' in opts)
+    assert sb['quality'] == sa['quality'] and ('quality' in kept_rows(tmp_path/'b')[0]) == ('train_docs' in sa['quality'])
     same_as_reference(tmp_path/'a', sa, tmp_path/'b', sb)
 
 def test_duplicates_across_tasks_keep_the_first_copy(tmp_path):
@@ -96,18 +111,18 @@ def test_slurm_writes_job_arrays_without_submitting(tmp_path, monkeypatch):
     cfg = DataConfig(executor='slurm', num_proc=3, tasks=7, slurm_partition='cpu-long', slurm_time='01:30:00', synthetic_docs_per_lang=10)
     s = pipeline.run(cfg, tmp_path/'r', 'synthetic')
     work = tmp_path/'r'/'data'/'work'/'logs'
-    scripts = {n: (work/n/'launch_script.slurm').read_text() for n in ('clean', 'dedup', 'report')}
+    scripts = {n: (work/n/'launch_script.slurm').read_text() for n in pipeline.STAGES}
     assert sorted(s['scripts']) == sorted(str(work/n/'launch_script.slurm') for n in scripts)
     arr = {n: re.search(r'#SBATCH --array=(\S+)', t).group(1) for n, t in scripts.items()}
-    assert arr == {'clean': '0-6%3', 'dedup': '0-0%3', 'report': '0-0%3'}
+    assert arr == {'clean': '0-6%3', 'dedup': '0-0%3', 'quality': '0-7%3', 'score': '0-0%3', 'write': '0-6%3', 'report': '0-0%3'}
     for n, t in scripts.items():
         assert '#SBATCH --partition=cpu-long' in t and '#SBATCH --time=01:30:00' in t and f'#SBATCH --job-name=compass-data-{n}' in t
         assert f"launch_pickled_pipeline {work/n/'executor.pik'}" in t and (work/n/'executor.pik').stat().st_size > 0
     # submitted in order, each stage after the one before (every stage also submits a small stats-merging job)
     main = [(c, a) for c, a in subs if 'launch_pickled_pipeline' in c]
-    assert [re.search(r'job-name=(\S+)', c).group(1) for c, _ in main] == ['compass-data-clean', 'compass-data-dedup', 'compass-data-report']
+    assert [re.search(r'job-name=(\S+)', c).group(1) for c, _ in main] == [f'compass-data-{n}' for n in pipeline.STAGES]
     ids = [str(1001 + subs.index(x)) for x in main]
-    assert any(f'--dependency=afterok:{ids[0]}' in a for a in main[1][1]) and any(f'--dependency=afterok:{ids[1]}' in a for a in main[2][1])
+    for k in range(1, len(main)): assert any(f'--dependency=afterok:{ids[k - 1]}' in a for a in main[k][1]), pipeline.STAGES[k]
     assert not (tmp_path/'r'/'data'/'summary.json').exists()  # nothing ran here
 
 # --- the command line ---------------------------------------------------------------------------------------------
