@@ -127,7 +127,7 @@ def test_config_errors(d, where, allowed):
     assert e.value.where == where and allowed in str(e.value)
 
 def test_preset_errors():
-    with pytest.raises(ConfigError, match='allowed: tiny, laptop, laptop-long, gpu-small, compass-v2'): TokenizerConfig.preset('xl')
+    with pytest.raises(ConfigError, match="tokenizer.preset: unknown preset 'xl'; choose one of tiny, laptop, laptop-long, gpu-small, compass-v2"): TokenizerConfig.preset('xl')
     with pytest.raises(ConfigError, match=r'vocab_size: must be >= 263, got 100'): TokenizerConfig.from_dict({'vocab_size': 100})
     with pytest.raises(ConfigError, match=r"lang_weights: 'th': must be > 0, got -1"): TokenizerConfig.from_dict({'lang_weights': {'th': -1}})
     with pytest.raises(ConfigError, match=r"max_token_length: 'zh': must be >= 1, got 0"): TokenizerConfig.from_dict({'max_token_length': {'zh': 0}})

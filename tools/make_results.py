@@ -66,7 +66,7 @@ def load(rec:dict)->str:
 
 def script(name:str)->str:
     "The benchmark script that writes a record of this name."
-    return 'compass_run' if name == 'compass_run_synthetic' else name
+    return {'compass_run_synthetic': 'compass_run', 'data_pipeline_split': 'data_pipeline'}.get(name, name)
 
 
 def render(recs:list[dict])->str:
