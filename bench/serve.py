@@ -2,12 +2,14 @@
 (`compass serve`, compass_nbdev.serve) at concurrency 1, 8 and 32, against our own loop (`compass generate`'s
 `generate.generate_ids`, batches of 16 as the command does) on the same prompts, for the MoE and its dense twin.
 
-The models are the `--preset` shapes with random weights (speed does not depend on what the weights learned): the MoE
-without shared experts (so it exports to Qwen3-MoE; `k` routed experts active), and its dense twin, a dense SwiGLU of
-width k x expert width (`bench/moe_vs_dense.py`'s `dense_twin_overrides`), so the active parameters match. The converter
-exports MoE models only (`convert.export_hf`; vLLM's Qwen3-MoE refuses a model without an MoE layer), and a dense
-Compass model with per-head QK-norm is exactly Qwen3 (dense): the twin is written in that layout here from the
-converter's own pieces (same tensor names), and checked against the Compass model's logits in transformers. Prompts: chat-formatted synthetic e-commerce questions (fast mode); every request
+The models are the `--preset` shapes with random weights (speed does not depend on what the weights learned): the MoE,
+and its dense twin, a dense SwiGLU of width (k + shared) x expert width (`bench/moe_vs_dense.py`'s
+`dense_twin_overrides`), so the active parameters match. With `--layout compass` (the default) both are served
+natively by our vLLM plugin (compass_nbdev.vllm_model), the MoE as the preset has it (its shared experts included).
+With `--layout qwen3_moe` (the earlier measurement) the MoE has no shared experts so that it exports to Qwen3-MoE, and
+the twin is written in the Qwen3 (dense) layout here (the converter exports MoE models only; a dense Compass model with
+per-head QK-norm is exactly Qwen3) from the converter's own pieces, checked against the Compass model's logits in
+transformers. Prompts: chat-formatted synthetic e-commerce questions (fast mode); every request
 decodes exactly `--new-tokens` tokens (stop tokens ignored on both sides). vLLM runs with `--enforce-eager` (its
 compile warm-up costs minutes on 2 CPUs) and `VLLM_CPU_KVCACHE_SPACE=1`.
 
@@ -15,7 +17,7 @@ Prints `serve moe_tok_s=<x> dense_tok_s=<x> vs_generate=<x>` (tokens/s at the hi
 MoE's server tokens/s over our loop's on the same prompts) and writes bench/results/serve.json (every concurrency,
 both models, startup times, commit, date, machine, load).
 
-    python bench/serve.py [--preset laptop] [--prompts 32] [--new-tokens 32] [--concurrency 1,8,32] [--out DIR]
+    python bench/serve.py [--preset laptop] [--layout compass|qwen3_moe] [--prompts 32] [--new-tokens 32] [--concurrency 1,8,32] [--out DIR]
 """
 import argparse, json, socket, sys, tempfile, time
 from concurrent.futures import ThreadPoolExecutor
@@ -27,7 +29,7 @@ def free_port()->int:
         s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
 
 
-def build(out:Path, preset:str)->dict:
+def build(out:Path, preset:str, layout:str='compass')->dict:
     "The tokenizer, the MoE and its dense twin (random weights), saved as Compass models: {name: folder}."
     import torch
     from compass_nbdev.model import CompassConfig, CompassForCausalLM
@@ -37,7 +39,7 @@ def build(out:Path, preset:str)->dict:
     sys.path.insert(0, str(Path(__file__).parent))
     from moe_vs_dense import dense_twin_overrides
     tok = with_chat_template(to_hf(train_bpe([d['text'] for d in synthetic_corpus(40)], 2000)))
-    moe_ov = dict(n_shared_experts=0, vocab_size=-(-len(tok) // 64) * 64)
+    moe_ov = dict(vocab_size=-(-len(tok) // 64) * 64, **({} if layout == 'compass' else dict(n_shared_experts=0)))
     cfgs = {'moe': CompassConfig.from_preset(preset, **moe_ov),
             'dense': CompassConfig.from_preset(f'{preset}-dense', **dense_twin_overrides(preset, moe_ov))}
     dirs = {}
@@ -109,6 +111,8 @@ def time_server(url:str, ps:list, new:int, conc:int)->dict:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     ap.add_argument('--preset', default='laptop', help="model shape ('laptop'; 'tiny' is too small for vLLM's CPU attention)")
+    ap.add_argument('--layout', default='compass', choices=('compass', 'qwen3_moe'),
+                    help="compass: both models natively (our vLLM plugin); qwen3_moe: exported (the MoE without shared experts)")
     ap.add_argument('--prompts', type=int, default=32)
     ap.add_argument('--new-tokens', type=int, default=32)
     ap.add_argument('--concurrency', default='1,8,32')
@@ -120,15 +124,16 @@ def main(argv=None):
     from compass_nbdev.serve import start_server
     from compass_nbdev.sft import load_chat_model
     out, conc = Path(a.out or tempfile.mkdtemp(prefix='bench_serve_')), [int(c) for c in a.concurrency.split(',')]
-    dirs = build(out, a.preset)
-    dense_diff = export_dense(dirs['dense'], out/'dense'/'serve'/'qwen3_dense')
+    dirs = build(out, a.preset, a.layout)
+    native = a.layout == 'compass'
+    dense_diff = None if native else export_dense(dirs['dense'], out/'dense'/'serve'/'qwen3_dense')
     ps = prompts(load_chat_model(dirs['moe'], 'cpu')[1], a.prompts)
     res = {'generate': {}, 'server': {}, 'startup_s': {}}
     for name in ('moe', 'dense'):
         res['generate'][name] = time_generate(dirs[name], ps, a.new_tokens)
         print(f"{name}: compass generate {res['generate'][name]['tok_s']:.1f} tok/s", file=sys.stderr, flush=True)
-        target = dirs[name] if name == 'moe' else out/'dense'/'serve'/'qwen3_dense'
-        srv = start_server(target, port=free_port(), extra=['--enforce-eager'], log_path=out/f'vllm_{name}.log')
+        target = dirs[name] if native or name == 'moe' else out/'dense'/'serve'/'qwen3_dense'
+        srv = start_server(target, port=free_port(), layout=a.layout, extra=['--enforce-eager'], log_path=out/f'vllm_{name}.log')
         t0 = time.perf_counter(); srv.start()
         try:
             srv.wait_ready(1200); res['startup_s'][name] = time.perf_counter() - t0
@@ -140,7 +145,8 @@ def main(argv=None):
     moe, dense = res['server']['moe'][top]['tok_s'], res['server']['dense'][top]['tok_s']
     rec = write_record('serve', dict(moe_tok_s=f"{moe:.1f}", dense_tok_s=f"{dense:.1f}", vs_generate=f"{moe / res['generate']['moe']['tok_s']:.2f}"),
                        path=Path(a.results)/'serve.json',
-                       details=dict(concurrency=top, preset=a.preset, prompts=len(ps), new_tokens=a.new_tokens,
+                       details=dict(concurrency=top, preset=a.preset, layout=a.layout, prompts=len(ps), new_tokens=a.new_tokens,
+                                    moe_shared_experts=json.loads((dirs['moe']/'config.json').read_text())['n_shared_experts'],
                                     dense_vs_generate=dense / res['generate']['dense']['tok_s'],
                                     server={n: {str(c): r for c, r in d.items()} for n, d in res['server'].items()},
                                     generate=res['generate'], startup_s=res['startup_s'], dense_export_max_abs_diff=dense_diff,

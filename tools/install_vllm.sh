@@ -9,6 +9,9 @@
 # - its torchvision, torchaudio and torchcodec come from PyPI as CUDA builds that break `import vllm` against the CPU
 #   torch: they are removed (text models do not need them);
 # - torch is pinned exactly (the CPU wheel; a looser pin would pull a multi-GB CUDA build).
+# Then this project goes in with `--no-deps` (editable): only its vLLM plugin is used there (compass_nbdev.vllm_model, the
+# `vllm.general_plugins` entry point, which imports torch, transformers and vllm only), so that vLLM serves Compass
+# models natively; the project's own dependencies stay out of vLLM's environment.
 # Set VLLM_VERSION to change the release (default 0.32.0, the one seen working here).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,5 +31,8 @@ else
   say "removing torchvision torchaudio torchcodec (CUDA builds from PyPI; text models need none)"
   "$py" -m pip uninstall -q -y torchvision torchaudio torchcodec || true
 fi
+say "installing this project with --no-deps (the Compass model plugin)"
+"$py" -m pip install -q --no-deps -e .
+"$py" -c "from importlib.metadata import entry_points as e; assert 'compass' in e(group='vllm.general_plugins').names, 'no compass plugin'"
 "$py" -c "import vllm, torch, transformers; print('vllm', vllm.__version__, '| torch', torch.__version__, '| transformers', transformers.__version__)"
 say "done: $venv/bin/vllm"
