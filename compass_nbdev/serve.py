@@ -6,7 +6,7 @@ Docs: https://compass-nbdev.github.io/compass_nbdev/serve.html.md"""
 
 # %% ../nbs/88_serve.ipynb #825587c4
 from __future__ import annotations
-import json, os, shutil, signal, subprocess, sys, time, urllib.error, urllib.request
+import atexit, ctypes, json, os, shutil, signal, subprocess, sys, time, urllib.error, urllib.request
 from pathlib import Path
 from .core import CompassError, ConfigError, atomic_write_json, get_logger
 from .sft import IM_END, chat_template
@@ -160,6 +160,11 @@ def vllm_command(model_dir:str|Path, # a folder vLLM can load (see `prepare_mode
             '--port', str(port), '--served-model-name', name, '--dtype', str(dtype), *map(str, extra)]
 
 # %% ../nbs/88_serve.ipynb #78df6443
+def _die_with_parent():
+    "In the child, before vLLM starts (Linux): SIGTERM when the thread that started it ends, even by SIGKILL."
+    try: ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)   # PR_SET_PDEATHSIG
+    except (OSError, AttributeError): pass                              # not Linux: `atexit` below still stops it
+
 class VLLMServer:
     "vLLM's OpenAI-compatible server in its own process group: start, wait until healthy, stop cleanly."
     def __init__(self, cmd:list[str], # from `vllm_command`
@@ -178,8 +183,9 @@ class VLLMServer:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             out = open(self.log_path, 'ab')
         self.proc = subprocess.Popen(self.cmd, stdout=out, stderr=subprocess.STDOUT if out else None, stdin=subprocess.DEVNULL,
-                                     env={**os.environ, **self.env}, start_new_session=True)
+                                     env={**os.environ, **self.env}, start_new_session=True, preexec_fn=_die_with_parent)
         if out: out.close()
+        atexit.register(self.stop)   # a notebook or script that ends without stopping it leaves no server behind
         return self
 
 # %% ../nbs/88_serve.ipynb #2c645302

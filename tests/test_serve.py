@@ -248,3 +248,22 @@ def test_server_stops_cleanly(server):
     assert time.monotonic() - t0 < 60
     assert live_processes(server.proc.pid) == []
     check_port('127.0.0.1', port)
+
+
+@pytest.mark.skipif(not sys.platform.startswith('linux'), reason='PR_SET_PDEATHSIG is Linux only')
+def test_server_process_dies_with_its_parent():
+    "A process started as the server is (own session, `_die_with_parent`) ends when its parent is killed with SIGKILL."
+    import os, signal, subprocess, time
+    code = ("import subprocess, sys, time\nfrom compass_nbdev.serve import _die_with_parent\n"
+            "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'], start_new_session=True, preexec_fn=_die_with_parent)\n"
+            "print(p.pid, flush=True); time.sleep(60)\n")
+    par = subprocess.Popen([sys.executable, '-c', code], stdout=subprocess.PIPE, text=True)
+    child = int(par.stdout.readline())
+    os.kill(par.pid, signal.SIGKILL); par.wait()
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 10:
+        try:
+            if open(f'/proc/{child}/stat').read().rsplit(')', 1)[1].split()[0] == 'Z': break
+        except FileNotFoundError: break
+        time.sleep(0.05)
+    else: os.kill(child, signal.SIGKILL); raise AssertionError('the child outlived its killed parent')
