@@ -559,9 +559,9 @@ def _probes(model, tok, cfg:EvalConfig, data_dir:Path)->list[dict]|None:
     "Linear probes for every evaluated task with a training split; None without scikit-learn."
     if importlib.util.find_spec('sklearn') is None:
         log.warning("scikit-learn is not installed: skipping linear probes (pip install 'compass_nbdev[eval]')"); return None
-    specs = [load_spec(t) for t in (cfg.tasks if cfg.tasks is not None else builtin_tasks())]
-    return [linear_probe(model, tok, s, data_dir, n_train=cfg.probe_train, n_test=cfg.task_limit or 500,
-                         batch_size=cfg.batch_size) for s in specs if s.split_train]
+    specs = [load_spec(t) for t in offered_tasks(data_dir, cfg.tasks)]   # the tasks this data directory has items for
+    return [linear_probe(model, tok, s, data_dir, n_train=cfg.probe_train, n_test=cfg.task_limit or 500, batch_size=cfg.batch_size)
+            for s in specs if s.split_train and _data_path(s.split_train, data_dir).is_file()]
 
 def _routing_json(rc:dict)->dict:
     "`routing_counts` as plain JSON, with each layer's mutual information."

@@ -288,3 +288,14 @@ def test_synthetic_eval_run_writes_the_evaluation_section(model, tok, tmp_path):
     md = (rd/'report.md').read_text()
     for h in ('## Bits per byte (synthetic held-out)', '## Tasks', '| chance | majority |', 'synthetic_rating_th', '## Routing',
               'Mutual information', '## Generations'): assert h in md, h
+
+
+def test_synthetic_eval_run_with_probes_uses_only_the_offered_tasks(model, tok, tmp_path):
+    "With probes on (the laptop preset's default) and no data directory, probes are fitted only for tasks the synthetic data offers."
+    rd = tmp_path/'run'
+    model.save_pretrained(rd/'model'); tok.save_pretrained(rd/'model')
+    cfg = EvalConfig(bpb_limit=3, task_limit=3, routing=False, synthetic_n=3, gen_tokens=0, probe=True, probe_train=4, batch_size=8)
+    out = run(cfg, rd, 'synthetic')
+    assert 'probes.json' in out['written'] and 'tasks.json' in out['written']
+    probes = json.loads((rd/'eval'/'probes.json').read_text())
+    assert all(p['task'].startswith('synthetic_') for p in probes), [p['task'] for p in probes]

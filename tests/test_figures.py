@@ -3,7 +3,7 @@
 Two conventions, both checked in every markdown cell of every notebook under nbs/:
 - a figure followed by a marker, `6.00%<!-- rec moe_vs_dense.gain_pct -->` (an HTML comment: invisible in Jupyter,
   on GitHub and on the docs site). The key is `record.field`, or a path into the record such as
-  `tokenizer.details.zh_ratio`. The figure must equal the recorded value rounded to the decimals shown;
+  `tokenizer.details.zh_ratio` (list items by position: `ablations.details.levers.0.bpb`). The figure must equal the recorded value rounded to the decimals shown;
   a unit of a few characters may sit between the number and the marker (`195 s`, `1.450×`, `**6.00%**`).
 - a benchmark's final line quoted in backticks, `` `moe_vs_dense bpb_moe=3.3118 ...` ``: every field must be the
   record's (only lines whose first word names a record are checked).
@@ -31,7 +31,7 @@ def lookup(key:str):
     rec = RECS[name]
     if len(path) == 1 and path[0] in rec['fields']: return rec['fields'][path[0]]
     v = rec
-    for p in path: v = v[p]
+    for p in path: v = v[int(p)] if isinstance(v, list) else v[p]   # a list's items by position: `details.levers.0.bpb`
     return v
 
 
@@ -76,6 +76,7 @@ def test_checker_catches_drift():
     assert problems(f"{v + 1:.2f}%<!-- rec {name}.{field} -->")
     assert problems(f"{v:.2f}<!-- rec {name}.no_such_field -->")
     assert problems(f"`{name} {field}={v + 0.5:.2f}`") and not problems(f"`{name} {field}={v:.2f}`")
+    assert lookup('ablations.details.levers.0.lever') == 'baseline'   # list items by position
     assert same('6,432', 6432) and same('1.450', 1.45) and not same('1.46', 1.45) and same('3.312', 3.3118)
 
 
