@@ -100,7 +100,7 @@ class DataConfig(Config):
 DATA_PRESETS = add_presets('data', {
     'tiny':       {'synthetic_docs_per_lang': 40,   'max_docs_per_source': 300},
     'laptop':     {'synthetic_docs_per_lang': 400,  'max_docs_per_source': 3000},
-    'laptop-long': {'synthetic_docs_per_lang': 1000, 'max_docs_per_source': 6000},   # about an hour on two cores (estimated)
+    'laptop-long': {'synthetic_docs_per_lang': 1000, 'max_docs_per_source': 6000},   # compass run in under an hour on two cores (measured: bench/run_curve.py)
     'gpu-small':  {'synthetic_docs_per_lang': 2000, 'max_docs_per_source': None},
     'compass-v2': {'synthetic_docs_per_lang': 2000, 'max_docs_per_source': None},
 })

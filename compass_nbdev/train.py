@@ -146,8 +146,8 @@ TRAIN_PRESETS:dict = add_presets('train', {  # this stage's section of the run p
     'laptop': dict(model='laptop', micro_batch_size=8, phases=_recipe((300, 60, 30), 128, 6e-3, 12, 5e4),  # 430k tokens
                    log_every=5, save_every=50, eval_every=0, val_max_docs=24),
     'laptop-long': dict(model='laptop', model_overrides=dict(hidden_size=192, num_hidden_layers=6, num_attention_heads=6, moe_intermediate_size=192),
-                        micro_batch_size=8, phases=_recipe((800, 160, 80), 128, 5e-3, 20, 5e4),  # 1.15M tokens, 5.9x the laptop preset's training FLOPs: the hour is an estimate
-                        log_every=10, save_every=100, eval_every=160, val_max_docs=24),
+                        micro_batch_size=8, phases=_recipe((4000, 800, 400), 128, 5e-3, 20, 5e4),  # 5.7M tokens: sized from a measured run (1,040 steps took 503 s)
+                        log_every=20, save_every=400, eval_every=800, val_max_docs=24),
     'gpu-small': dict(model='gpu-small', micro_batch_size=32, grad_accum=4, phases=_recipe((20000, 2000, 500), 1024, 1e-3, 1000, 5e6),
                       log_every=20, save_every=1000, eval_every=1000, val_max_docs=200, keep_last=3),
     'compass-v2': dict(model='compass-v2', micro_batch_size=4, grad_accum=64, phases=_recipe((100000, 50000, 2000), 4096, 3e-4, 2000, 1e7),

@@ -66,6 +66,7 @@ def load(rec:dict)->str:
 
 def script(name:str)->str:
     "The benchmark script that writes a record of this name."
+    if name.startswith('run_curve_'): return 'run_curve'   # one record per preset
     return {'compass_run_synthetic': 'compass_run', 'data_pipeline_split': 'data_pipeline'}.get(name, name)
 
 
