@@ -14,10 +14,11 @@ decodes exactly `--new-tokens` tokens (stop tokens ignored on both sides). vLLM 
 compile warm-up costs minutes on 2 CPUs) and `VLLM_CPU_KVCACHE_SPACE=1`.
 
 Prints `serve moe_tok_s=<x> dense_tok_s=<x> vs_generate=<x>` (tokens/s at the highest concurrency; vs_generate = the
-MoE's server tokens/s over our loop's on the same prompts) and writes bench/results/serve.json (every concurrency,
+MoE's server tokens/s over our loop's on the same prompts; each figure is the median of `--repeats` timed passes, since one
+pass at 32 in flight lasts under a second and single passes varied threefold here) and writes bench/results/serve.json (every concurrency,
 both models, startup times, commit, date, machine, load).
 
-    python bench/serve.py [--preset laptop] [--layout compass|qwen3_moe] [--prompts 32] [--new-tokens 32] [--concurrency 1,8,32] [--out DIR]
+    python bench/serve.py [--preset laptop] [--layout compass|qwen3_moe] [--prompts 32] [--new-tokens 32] [--concurrency 1,8,32] [--repeats 7] [--out DIR]
 """
 import argparse, json, socket, sys, tempfile, time
 from concurrent.futures import ThreadPoolExecutor
@@ -79,33 +80,43 @@ def prompts(tok, n:int)->list[list[int]]:
     return [encode_chat(tok, [{'role': 'user', 'content': 'Summarise this review: ' + d[:200]}], False, True)['input_ids'] for d in docs]
 
 
-def time_generate(model_dir:Path, ps:list, new:int, batch:int=16)->dict:
-    "Our loop (`generate_ids`, stop tokens off) over the prompts in batches: tokens/s and requests/s."
+def time_generate(model_dir:Path, ps:list, new:int, batch:int=16, repeats:int=1)->dict:
+    "Our loop (`generate_ids`, stop tokens off) over the prompts in batches: tokens/s and requests/s (the median of `repeats` passes)."
     from compass_nbdev.generate import generate_ids
     from compass_nbdev.sft import load_chat_model
     import torch
     torch.set_num_threads(1)   # as vLLM's CPU worker runs (it keeps the other core for its API server); steadier on a shared CPU
     model, tok = load_chat_model(model_dir, 'cpu')
     generate_ids(model, ps[:2], 2, pad_id=tok.pad_token_id)                       # warm-up
-    t0, toks = time.perf_counter(), 0
-    for i in range(0, len(ps), batch):
-        out, _ = generate_ids(model, ps[i:i+batch], new, stop_ids=(), pad_id=tok.pad_token_id)
-        toks += sum(map(len, out))
-    s = time.perf_counter() - t0
-    return dict(tok_s=toks / s, req_s=len(ps) / s, seconds=s, tokens=toks, batch=batch)
+    def once():
+        t0, toks = time.perf_counter(), 0
+        for i in range(0, len(ps), batch):
+            out, _ = generate_ids(model, ps[i:i+batch], new, stop_ids=(), pad_id=tok.pad_token_id)
+            toks += sum(map(len, out))
+        s = time.perf_counter() - t0
+        return dict(tok_s=toks / s, req_s=len(ps) / s, seconds=s, tokens=toks, batch=batch)
+    return median_run(once, repeats)
 
 
-def time_server(url:str, ps:list, new:int, conc:int)->dict:
-    "All prompts through `/v1/completions`, `conc` requests in flight at a time: tokens/s and requests/s."
+def median_run(once, repeats:int)->dict:
+    "Run a timed pass `repeats` times; the pass with the median tokens/s, with every pass's tokens/s beside it."
+    runs = sorted((once() for _ in range(repeats)), key=lambda r: r['tok_s'])
+    return {**runs[len(runs) // 2], 'tok_s_all': [round(r['tok_s'], 1) for r in runs], 'repeats': repeats}
+
+
+def time_server(url:str, ps:list, new:int, conc:int, repeats:int=1)->dict:
+    "All prompts through `/v1/completions`, `conc` requests in flight at a time: tokens/s and requests/s (the median of `repeats` passes)."
     from compass_nbdev.serve import post_json
     def one(p):
         st, r = post_json(url, '/v1/completions', dict(model='compass', prompt=p, max_tokens=new, temperature=0, ignore_eos=True))
         assert st == 200, r
         return r['usage']['completion_tokens']
-    t0 = time.perf_counter()
-    with ThreadPoolExecutor(conc) as ex: toks = sum(ex.map(one, ps))
-    s = time.perf_counter() - t0
-    return dict(tok_s=toks / s, req_s=len(ps) / s, seconds=s, tokens=toks)
+    def once():
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(conc) as ex: toks = sum(ex.map(one, ps))
+        s = time.perf_counter() - t0
+        return dict(tok_s=toks / s, req_s=len(ps) / s, seconds=s, tokens=toks)
+    return median_run(once, repeats)
 
 
 def main(argv=None):
@@ -116,6 +127,7 @@ def main(argv=None):
     ap.add_argument('--prompts', type=int, default=32)
     ap.add_argument('--new-tokens', type=int, default=32)
     ap.add_argument('--concurrency', default='1,8,32')
+    ap.add_argument('--repeats', type=int, default=7, help='timed passes per measurement; the median is reported (one pass at 32 in flight lasts under a second)')
     ap.add_argument('--out', default=None, help='work folder (default: a temporary one)')
     ap.add_argument('--results', default=str(Path(__file__).parent/'results'), help='where serve.json is written')
     a = ap.parse_args(argv)
@@ -130,22 +142,22 @@ def main(argv=None):
     ps = prompts(load_chat_model(dirs['moe'], 'cpu')[1], a.prompts)
     res = {'generate': {}, 'server': {}, 'startup_s': {}}
     for name in ('moe', 'dense'):
-        res['generate'][name] = time_generate(dirs[name], ps, a.new_tokens)
-        print(f"{name}: compass generate {res['generate'][name]['tok_s']:.1f} tok/s", file=sys.stderr, flush=True)
+        res['generate'][name] = time_generate(dirs[name], ps, a.new_tokens, repeats=a.repeats)
+        print(f"{name}: compass generate {res['generate'][name]['tok_s']:.1f} tok/s (passes: {res['generate'][name]['tok_s_all']})", file=sys.stderr, flush=True)
         target = dirs[name] if native or name == 'moe' else out/'dense'/'serve'/'qwen3_dense'
         srv = start_server(target, port=free_port(), layout=a.layout, extra=['--enforce-eager'], log_path=out/f'vllm_{name}.log')
         t0 = time.perf_counter(); srv.start()
         try:
             srv.wait_ready(1200); res['startup_s'][name] = time.perf_counter() - t0
             time_server(srv.url, ps[:2], 2, 1)                                       # warm-up
-            res['server'][name] = {c: time_server(srv.url, ps, a.new_tokens, c) for c in conc}
+            res['server'][name] = {c: time_server(srv.url, ps, a.new_tokens, c, a.repeats) for c in conc}
         finally: srv.stop()
-        for c, r in res['server'][name].items(): print(f"{name}: server c={c} {r['tok_s']:.1f} tok/s {r['req_s']:.2f} req/s", file=sys.stderr, flush=True)
+        for c, r in res['server'][name].items(): print(f"{name}: server c={c} {r['tok_s']:.1f} tok/s {r['req_s']:.2f} req/s (passes: {r['tok_s_all']})", file=sys.stderr, flush=True)
     top = max(conc)
     moe, dense = res['server']['moe'][top]['tok_s'], res['server']['dense'][top]['tok_s']
     rec = write_record('serve', dict(moe_tok_s=f"{moe:.1f}", dense_tok_s=f"{dense:.1f}", vs_generate=f"{moe / res['generate']['moe']['tok_s']:.2f}"),
                        path=Path(a.results)/'serve.json',
-                       details=dict(concurrency=top, preset=a.preset, layout=a.layout, prompts=len(ps), new_tokens=a.new_tokens,
+                       details=dict(concurrency=top, repeats=a.repeats, preset=a.preset, layout=a.layout, prompts=len(ps), new_tokens=a.new_tokens,
                                     moe_shared_experts=json.loads((dirs['moe']/'config.json').read_text())['n_shared_experts'],
                                     dense_vs_generate=dense / res['generate']['dense']['tok_s'],
                                     server={n: {str(c): r for c, r in d.items()} for n, d in res['server'].items()},
