@@ -23,6 +23,7 @@ both models, startup times, commit, date, machine, load).
 import argparse, json, socket, sys, tempfile, time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from compass_nbdev.core import time_calls, median_ms
 
 
 def free_port()->int:
@@ -89,19 +90,19 @@ def time_generate(model_dir:Path, ps:list, new:int, batch:int=16, repeats:int=1)
     model, tok = load_chat_model(model_dir, 'cpu')
     generate_ids(model, ps[:2], 2, pad_id=tok.pad_token_id)                       # warm-up
     def once():
-        t0, toks = time.perf_counter(), 0
-        for i in range(0, len(ps), batch):
-            out, _ = generate_ids(model, ps[i:i+batch], new, stop_ids=(), pad_id=tok.pad_token_id)
-            toks += sum(map(len, out))
-        s = time.perf_counter() - t0
-        return dict(tok_s=toks / s, req_s=len(ps) / s, seconds=s, tokens=toks, batch=batch)
-    return median_run(once, repeats)
+        return sum(sum(map(len, generate_ids(model, ps[i:i+batch], new, stop_ids=(), pad_id=tok.pad_token_id)[0]))
+                   for i in range(0, len(ps), batch))
+    return {**timed_passes(once, len(ps), repeats), 'batch': batch}
 
 
-def median_run(once, repeats:int)->dict:
-    "Run a timed pass `repeats` times; the pass with the median tokens/s, with every pass's tokens/s beside it."
-    runs = sorted((once() for _ in range(repeats)), key=lambda r: r['tok_s'])
-    return {**runs[len(runs) // 2], 'tok_s_all': [round(r['tok_s'], 1) for r in runs], 'repeats': repeats}
+def timed_passes(once, requests:int, repeats:int)->dict:
+    "Time `once` (a pass that returns the tokens it produced) `repeats` times with `core.time_calls`: the median pass."
+    toks = []
+    ts = time_calls({'pass': lambda: toks.append(once())}, rounds=repeats)['pass']['wall']
+    assert len(set(toks)) == 1, f"passes produced different token counts: {toks}"   # every request decodes exactly `new` tokens
+    s = median_ms(ts) / 1e3
+    return dict(tok_s=toks[0] / s, req_s=requests / s, seconds=s, tokens=toks[0], repeats=repeats,
+                tok_s_all=sorted(round(t / x, 1) for t, x in zip(toks, ts)))
 
 
 def time_server(url:str, ps:list, new:int, conc:int, repeats:int=1)->dict:
@@ -112,11 +113,8 @@ def time_server(url:str, ps:list, new:int, conc:int, repeats:int=1)->dict:
         assert st == 200, r
         return r['usage']['completion_tokens']
     def once():
-        t0 = time.perf_counter()
-        with ThreadPoolExecutor(conc) as ex: toks = sum(ex.map(one, ps))
-        s = time.perf_counter() - t0
-        return dict(tok_s=toks / s, req_s=len(ps) / s, seconds=s, tokens=toks)
-    return median_run(once, repeats)
+        with ThreadPoolExecutor(conc) as ex: return sum(ex.map(one, ps))
+    return timed_passes(once, len(ps), repeats)
 
 
 def main(argv=None):
